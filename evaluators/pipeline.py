@@ -1,0 +1,160 @@
+"""Ray Data scoring: (model x split) work items mapped over an actor pool, cached by content.
+
+Work items are sorted by model so each actor loads a model once and keeps it while consecutive
+items use it. Results are cached by (model content digest, split request, scoring settings):
+scoring the same thing twice costs nothing the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
+from evaluators.metrics import MetricConfig
+
+DIGEST_FILE = ".calsweep_digest"
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    mode: str = "perplexity"
+    dtype: str = "auto"
+    max_batch_tokens: int = 4096
+    metrics: MetricConfig = MetricConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    model_key: str
+    model_path: str
+    model_digest: str
+    request: SplitRequest
+
+    def cache_key(self, settings: ScoringSettings) -> str:
+        payload = [self.model_digest, asdict(self.request), settings.to_dict()]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def model_digest(path_or_id: str) -> str:
+    """Content digest of a local model directory (memoised in the directory), else the hub id."""
+    root = Path(path_or_id)
+    if not root.is_dir():
+        return f"hub:{path_or_id}"
+    memo = root / DIGEST_FILE
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != DIGEST_FILE):
+        digest.update(f"{file.relative_to(root)}:{file.stat().st_size}\n".encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda h=handle: h.read(1 << 24), b""):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    try:
+        memo.write_text(value)
+    except OSError:  # read-only model directory: just recompute next time
+        pass
+    return value
+
+
+class SplitScoringActor:
+    """Ray Data callable class: keeps one model loaded, scores the splits it is handed."""
+
+    def __init__(self, settings: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.settings = ScoringSettings(
+            **{**settings, "metrics": MetricConfig(**settings["metrics"])}
+        )
+        self.loaded_path: str | None = None
+        self.scorer = None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        from evaluators.scoring import OptionScorer, load_model
+
+        out: dict[str, list[Any]] = {"cache_key": [], "result": []}
+        for item_json, key in zip(batch["item"], batch["cache_key"], strict=True):
+            item = json.loads(item_json)
+            if item["model_path"] != self.loaded_path:
+                model, tokenizer = load_model(item["model_path"], dtype=self.settings.dtype)
+                self.scorer = OptionScorer(
+                    model, tokenizer, self.settings.mode, self.settings.max_batch_tokens
+                )
+                self.loaded_path = item["model_path"]
+            request = SplitRequest(**item["request"])
+            result = evaluate_split(self.scorer, request, self.settings.metrics)
+            out["cache_key"].append(key)
+            out["result"].append(json.dumps(asdict(result)))
+        return out
+
+
+def result_from_json(text: str) -> SplitResult:
+    data = json.loads(text)
+    return SplitResult(**{**data, "request": SplitRequest(**data["request"])})
+
+
+def score_work_items(
+    items: list[WorkItem],
+    settings: ScoringSettings,
+    cache_dir: Path,
+    *,
+    num_actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    on_result: Callable[[WorkItem, SplitResult, bool], None] | None = None,
+) -> dict[str, SplitResult]:
+    """Score every item not already cached; returns results by cache key (cached ones too)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    by_key = {item.cache_key(settings): item for item in items}
+    results: dict[str, SplitResult] = {}
+    todo = []
+    for key, item in by_key.items():
+        cached = cache_dir / f"{key}.json"
+        if cached.is_file():
+            results[key] = result_from_json(cached.read_text())
+            if on_result:
+                on_result(item, results[key], True)
+        else:
+            todo.append(item)
+    todo.sort(key=lambda item: (item.model_key, item.request.benchmark, item.request.language))
+    for key, text in _run_actor_pool(todo, settings, num_actors, cpus_per_actor, gpus_per_actor):
+        tmp = cache_dir / f"{key}.json.tmp"
+        tmp.write_text(text)
+        tmp.replace(cache_dir / f"{key}.json")  # atomic: no half-written cache entries
+        results[key] = result_from_json(text)
+        if on_result:
+            on_result(by_key[key], results[key], False)
+    return results
+
+
+def _run_actor_pool(
+    items: list[WorkItem], settings: ScoringSettings, num_actors: int, cpus: float, gpus: float
+) -> Iterator[tuple[str, str]]:
+    if not items:
+        return
+    rows = [
+        {"item": json.dumps(asdict(item)), "cache_key": item.cache_key(settings)}
+        for item in items
+    ]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        SplitScoringActor,
+        fn_constructor_kwargs={"settings": settings.to_dict(), "threads": max(1, round(cpus))},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(rows))),
+        num_cpus=cpus,
+        num_gpus=gpus or None,
+    )
+    for row in dataset.iter_rows():
+        yield row["cache_key"], row["result"]

@@ -1,0 +1,276 @@
+"""Sweep YAML -> validated `SweepConfig` (pydantic), with one-line errors naming file, key and fix.
+
+Precedence: CLI flags > YAML > the defaults below. Relative paths in the YAML (datasets, models,
+benchmark mirrors) are resolved against the YAML file's directory, so a sweep file means the same
+thing from any working directory; `output_dir` is resolved against the working directory, like
+any output flag.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evaluators.benchmarks import BENCHMARKS, BUNDLED
+
+SFT_FORMATS = ("alpaca", "tulu", "openhermes")
+SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+class ConfigError(ValueError):
+    """A sweep file that cannot run; the message has one line per problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ModelSpec(Strict):
+    """A base model: hub id, local HF directory, or `package:<module>/<file.gguf>`."""
+
+    source: str
+
+
+class SFTDatasetSpec(Strict):
+    """An SFT dataset: hub id, local .json/.jsonl/.parquet file, or `bundled` (shipped sample)."""
+
+    format: Literal["alpaca", "tulu", "openhermes"]
+    source: str
+    max_samples: PositiveInt | None = None
+    on_malformed: Literal["skip", "error"] = "skip"
+
+
+class Grid(Strict):
+    """The sweep's axes; every combination is one trial."""
+
+    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    label_smoothing: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=1)
+    model: list[str] = Field(min_length=1)
+    sft_dataset: list[str] = Field(min_length=1)
+
+
+class TrainingConfig(Strict):
+    """The SFT recipe shared by all trials (DESIGN.md, "Training")."""
+
+    max_steps: PositiveInt | None = None  # optimizer steps; None = `epochs` over the data
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    micro_batch_size: PositiveInt = 4
+    grad_accum_steps: PositiveInt = 1
+    num_workers: PositiveInt = 2
+    max_seq_len: PositiveInt = 512
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    log_every_steps: PositiveInt = 1
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0 = only the final checkpoint
+    max_failures: Annotated[int, Field(ge=0)] = 1
+
+
+class BenchmarkEval(Strict):
+    """Which part of one benchmark to score."""
+
+    source: str = BUNDLED  # hub id, local mirror in hub layout, or the bundled sample
+    split: str | None = None  # default: the benchmark's test split
+    languages: Literal["all"] | list[str] = "all"
+    limit: PositiveInt | None = None  # questions per split, seeded subsample
+
+
+class MetricsConfig(Strict):
+    """Binning parameters; recorded with every result."""
+
+    ece_bins: PositiveInt = 15
+    rms_bin_size: PositiveInt = 100
+    sce_bins: PositiveInt = 15
+    ace_ranges: PositiveInt = 15
+
+
+class EvaluationConfig(Strict):
+    benchmarks: dict[str, BenchmarkEval] = Field(min_length=1)
+    mode: Literal["perplexity", "loglik", "letter"] = "perplexity"
+    num_fewshot: Annotated[int, Field(ge=0)] = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_tokens: PositiveInt = 4096
+    num_actors: PositiveInt = 1
+    evaluate_base_models: bool = True
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: dict[str, BenchmarkEval]) -> dict[str, BenchmarkEval]:
+        for name, bench in value.items():
+            if name not in BENCHMARKS:
+                raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHMARKS)}")
+            spec = BENCHMARKS[name]
+            if bench.languages != "all":
+                unknown = [lang for lang in bench.languages if lang not in spec.languages]
+                if unknown or not bench.languages:
+                    raise ValueError(
+                        f"{name}: unknown languages {unknown or '[]'}; "
+                        f"allowed: 'all' or any of {' '.join(spec.languages)}"
+                    )
+            allowed_splits = (spec.test_split, spec.dev_split)
+            if bench.split is not None and bench.split not in allowed_splits:
+                raise ValueError(f"{name}: unknown split {bench.split!r}; allowed: {allowed_splits}")
+        return value
+
+
+class ResourcesConfig(Strict):
+    """Ray resources per trial driver, training worker and scoring actor."""
+
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    cpus_per_trial_driver: Annotated[float, Field(gt=0)] = 0.1
+    cpus_per_scoring_actor: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_scoring_actor: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = None  # default: sqlite in the sweep's output directory
+    experiment: str | None = None  # default: the sweep name
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: str = "runs"
+    seed: int = 0
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    sft_datasets: dict[str, SFTDatasetSpec] = Field(min_length=1)
+    grid: Grid
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _grid_names_defined(self) -> SweepConfig:
+        for axis, defined in (("model", self.models), ("sft_dataset", self.sft_datasets)):
+            for name in getattr(self.grid, axis):
+                if name not in defined:
+                    section = "models" if axis == "model" else "sft_datasets"
+                    raise ValueError(
+                        f"grid.{axis}: {name!r} is not defined under {section}; "
+                        f"defined: {', '.join(defined)}"
+                    )
+        return self
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve() / self.name
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read, resolve paths in and validate a sweep YAML; raise ConfigError naming each problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = {**raw, **(overrides or {})}
+    try:
+        config = SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError("\n".join(_format_error(path, e) for e in err.errors())) from None
+    return _resolve_paths(config, path.parent.resolve())
+
+
+def _resolve_paths(config: SweepConfig, base: Path) -> SweepConfig:
+    """Make local sources absolute (relative to the YAML) and check that they exist."""
+    problems: list[str] = []
+
+    def resolve(key: str, source: str, is_path: bool) -> str:
+        if not is_path:
+            return source
+        resolved = (base / Path(source).expanduser()).resolve()
+        if not resolved.exists():
+            problems.append(f"{key}: {source!r} does not exist (resolved to {resolved})")
+        return str(resolved)
+
+    models = {
+        name: spec.model_copy(
+            update={"source": resolve(f"models.{name}.source", spec.source, _is_path(spec.source))}
+        )
+        for name, spec in config.models.items()
+    }
+    datasets = {
+        name: spec.model_copy(
+            update={
+                "source": resolve(
+                    f"sft_datasets.{name}.source",
+                    spec.source,
+                    _is_path(spec.source) or spec.source.endswith(SFT_FILE_SUFFIXES),
+                )
+            }
+        )
+        for name, spec in config.sft_datasets.items()
+    }
+    benchmarks = {
+        name: bench.model_copy(
+            update={
+                "source": resolve(
+                    f"evaluation.benchmarks.{name}.source", bench.source, _is_path(bench.source)
+                )
+            }
+        )
+        for name, bench in config.evaluation.benchmarks.items()
+    }
+    if problems:
+        raise ConfigError("\n".join(f"{base}: {p}" for p in problems))
+    evaluation = config.evaluation.model_copy(update={"benchmarks": benchmarks})
+    return config.model_copy(
+        update={"models": models, "sft_datasets": datasets, "evaluation": evaluation}
+    )
+
+
+def _is_path(source: str) -> bool:
+    """Paths are written as paths (`./x`, `../x`, `/x`, `~/x`); anything else is a hub id."""
+    return source.startswith(("./", "../", "/", "~"))
+
+
+def _format_error(path: Path, error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        return f"{path}: {loc}: unknown key; allowed keys here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{path}: {loc}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: {loc}: {message} (got {error.get('input')!r})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the pydantic model found at `loc` inside SweepConfig."""
+    model: Any = SweepConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        if issubclass(model, BaseModel) and part in model.model_fields:
+            model = _model_in(model.model_fields[part].annotation)
+        else:  # a free-form key (model or dataset name) inside a dict
+            continue
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `dict[str, X]` or `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,145 @@
+"""The sweep's two Ray phases: train the grid with Tune, then score every model with Ray Data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from calsweep.models import resolve_model
+from evaluators.evaluate import SplitRequest, SplitResult
+from evaluators.metrics import MetricConfig
+from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_work_items
+from orchestrator.config import SweepConfig
+from orchestrator.plan import Plan, TrialSpec
+from orchestrator.progress import TrialProgress, say
+from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
+from orchestrator.tracking import SweepTracker
+
+TUNE_EXPERIMENT = "tune"
+
+
+@dataclass(frozen=True)
+class ScoredModel:
+    """A model to score: a trained trial's export or an untuned base model."""
+
+    key: str  # trial id, or base:<model>
+    run_name: str
+    path: str
+    trial: TrialSpec | None  # None for base models
+    run_id: str
+
+
+def init_ray(address: str | None, verbose: bool) -> None:
+    """Join `address` or start a local instance, with Ray's known log noise turned down."""
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
+    # Tune's own table reporter would repeat what TrialProgress prints.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ray.init(
+        address=address,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        include_dashboard=False if address is None else None,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+
+
+def train_all(config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool,
+              verbose: bool) -> tuple[list[ScoredModel], dict[str, str]]:
+    """Run (or resume) the Tune grid; returns the trained models and failed trials' errors."""
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=config.model_dump()),
+        {"CPU": config.resources.cpus_per_trial_driver},
+    )
+    progress = TrialProgress(config, tracker, len(plan.trials))
+    storage = config.sweep_dir / "ray"
+    run_config = tune.RunConfig(
+        name=TUNE_EXPERIMENT,
+        storage_path=str(storage),
+        callbacks=[progress],
+        verbose=1 if verbose else 0,
+    )
+    experiment = storage / TUNE_EXPERIMENT
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        say(f"resuming the Tune experiment in {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        grid = config.grid.model_dump()
+        param_space = {axis: tune.grid_search(grid[axis]) for axis in GRID_AXES}
+        tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
+                           tune_config=tune.TuneConfig(reuse_actors=False))
+    grid_results = tuner.fit()
+
+    trained, failed = [], dict(progress.failed)
+    for result in grid_results:
+        trial = trial_from_tune_config(result.config, config.seed)
+        if result.error or "model_dir" not in (result.metrics or {}):
+            failed.setdefault(trial.run_name, str(result.error or "no model exported"))
+            continue
+        run_id = tracker.child_run(trial.trial_id(config), trial.run_name, "trial")
+        trained.append(ScoredModel(trial.trial_id(config), trial.run_name,
+                                   result.metrics["model_dir"], trial, run_id))
+    for model in plan.base_models:
+        run_id = tracker.child_run(f"base:{model}", f"{model}|base", "base")
+        tracker.log_params(run_id, {"model": model, "sft_dataset": "none",
+                                    "model_source": config.models[model].source})
+        trained.append(ScoredModel(f"base:{model}", f"{model}|base",
+                                   resolve_model(config.models[model].source), None, run_id))
+    return trained, failed
+
+
+def scoring_settings(config: SweepConfig) -> ScoringSettings:
+    e = config.evaluation
+    return ScoringSettings(mode=e.mode, dtype=e.dtype, max_batch_tokens=e.max_batch_tokens,
+                           metrics=MetricConfig(**e.metrics.model_dump()))
+
+
+def score_all(config: SweepConfig, plan: Plan,
+              models: list[ScoredModel]) -> dict[tuple[str, str, str], SplitResult]:
+    """Score every model on every split; results keyed by (model key, benchmark, language)."""
+    items = []
+    for model in models:
+        digest = model_digest(model.path)
+        for s in plan.splits:
+            request = SplitRequest(s.benchmark, s.language, s.split, s.source, s.limit,
+                                   config.seed, config.evaluation.num_fewshot)
+            items.append(WorkItem(model.key, model.path, digest, request))
+    total = len(items)
+    counter = {"done": 0, "cached": 0}
+    names = {m.key: m.run_name for m in models}
+
+    def on_result(item: WorkItem, result: SplitResult, cached: bool) -> None:
+        counter["done"] += 1
+        counter["cached"] += cached
+        if not cached and (counter["done"] % 10 == 0 or counter["done"] == total):
+            say(f"score {counter['done']}/{total} splits ({counter['cached']} cached) | "
+                f"{names[item.model_key]} {item.request.benchmark}/{item.request.language} "
+                f"acc {result.metrics['accuracy']:.3f}")
+
+    say(f"scoring {len(models)} models x {len(plan.splits)} splits")
+    resources = config.resources
+    by_cache_key = score_work_items(
+        items, scoring_settings(config), config.sweep_dir / "score_cache",
+        num_actors=config.evaluation.num_actors,
+        cpus_per_actor=resources.cpus_per_scoring_actor,
+        gpus_per_actor=resources.gpus_per_scoring_actor if resources.use_gpu else 0.0,
+        on_result=on_result,
+    )
+    settings = scoring_settings(config)
+    return {
+        (item.model_key, item.request.benchmark, item.request.language):
+            by_cache_key[item.cache_key(settings)]
+        for item in items
+    }
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,138 @@
+"""Pure planning: a validated config -> the trials, base-model evaluations and splits to score.
+
+Nothing here touches Ray, models or the network, so the plan (and `--dry-run`) is instant and
+testable. A trial's id is a hash of everything that determines its result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from evaluators.benchmarks import BENCHMARKS, resolve_source
+from orchestrator.config import SweepConfig
+
+# Published split sizes (questions per language) and mean prompt+options tokens per question
+# (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
+PUBLISHED_SPLIT_SIZES = {
+    ("global_mmlu", "test"): 14042,
+    ("global_mmlu", "dev"): 285,
+    ("mmlu_prox", "test"): 11829,
+    ("mmlu_prox", "validation"): 70,
+}
+TOKENS_PER_QUESTION = {"global_mmlu": 120, "mmlu_prox": 330}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One grid point: a base model fine-tuned on one SFT dataset with one lr and smoothing."""
+
+    model: str
+    sft_dataset: str
+    learning_rate: float
+    label_smoothing: float
+    seed: int
+
+    @property
+    def run_name(self) -> str:
+        return (
+            f"{self.model}|{self.sft_dataset}|lr={self.learning_rate:g}|ls={self.label_smoothing:g}"
+        )
+
+    def trial_id(self, config: SweepConfig) -> str:
+        """Hash of the resolved model, data and recipe: equal ids mean equal training runs."""
+        payload = {
+            "trial": asdict(self),
+            "model": config.models[self.model].model_dump(),
+            "data": config.sft_datasets[self.sft_dataset].model_dump(),
+            "training": config.training.model_dump(),
+        }
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One benchmark split in one language: the unit of scoring work."""
+
+    benchmark: str
+    language: str
+    split: str
+    source: str
+    limit: int | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: list[TrialSpec]
+    base_models: list[str]
+    splits: list[EvalSplit]
+
+
+def expand(config: SweepConfig) -> Plan:
+    """The cartesian product of the grid axes, the base models to score, and the splits."""
+    grid = config.grid
+    trials = [
+        TrialSpec(model, dataset, lr, beta, config.seed)
+        for model, dataset, lr, beta in itertools.product(
+            grid.model, grid.sft_dataset, grid.learning_rate, grid.label_smoothing
+        )
+    ]
+    base_models = list(grid.model) if config.evaluation.evaluate_base_models else []
+    splits = []
+    for name, bench in config.evaluation.benchmarks.items():
+        spec = BENCHMARKS[name]
+        languages = spec.languages if bench.languages == "all" else bench.languages
+        split = bench.split or spec.test_split
+        source = resolve_source(spec, bench.source)
+        splits += [EvalSplit(name, lang, split, source, bench.limit) for lang in languages]
+    return Plan(trials, base_models, splits)
+
+
+def split_size(item: EvalSplit) -> int:
+    """Questions in a split: read from parquet metadata for local data, else published sizes."""
+    local = Path(item.source) / item.language
+    files = sorted(local.glob(f"{item.split}-*.parquet")) if local.is_dir() else []
+    if files:
+        size = sum(pq.read_metadata(f).num_rows for f in files)
+    else:
+        size = PUBLISHED_SPLIT_SIZES[(item.benchmark, item.split)]
+    return min(size, item.limit) if item.limit else size
+
+
+def describe(config: SweepConfig, plan: Plan) -> str:
+    """The dry-run text: what would be trained and scored, and how much."""
+    questions = {b: 0 for b in config.evaluation.benchmarks}
+    for item in plan.splits:
+        questions[item.benchmark] += split_size(item)
+    n_models = len(plan.trials) + len(plan.base_models)
+    per_model_tokens = sum(TOKENS_PER_QUESTION[b] * n for b, n in questions.items())
+    lines = [
+        f"sweep {config.name!r} -> {config.sweep_dir}",
+        f"trials: {len(plan.trials)} "
+        f"({' x '.join(str(len(v)) for v in config.grid.model_dump().values())} grid: "
+        f"{' x '.join(config.grid.model_dump())})",
+        f"base-model evaluations: {len(plan.base_models)}",
+        f"splits per model: {len(plan.splits)} "
+        f"({', '.join(f'{b}: {sum(s.benchmark == b for s in plan.splits)}' for b in questions)})",
+        f"questions per model: {sum(questions.values()):,} "
+        f"({', '.join(f'{b}: {n:,}' for b, n in questions.items())})",
+        f"models to score: {n_models}; questions in all: {sum(questions.values()) * n_models:,}",
+        f"estimated tokens to score: {per_model_tokens * n_models:,} "
+        f"(~{per_model_tokens:,} per model, zero-shot)",
+        f"training: {config.training.num_workers} workers x micro-batch "
+        f"{config.training.micro_batch_size} x grad-accum {config.training.grad_accum_steps} = "
+        f"effective batch {effective_batch(config)}, ZeRO-{config.training.zero_stage}, "
+        f"{config.training.precision}",
+    ]
+    return "\n".join(lines)
+
+
+def effective_batch(config: SweepConfig) -> int:
+    t = config.training
+    return t.micro_batch_size * t.grad_accum_steps * t.num_workers

@@ -1,0 +1,90 @@
+"""`python -m orchestrator.sweep SWEEP.yaml`: train the grid with Ray Tune, score, record.
+
+setup (config, plan, Ray, MLflow) -> train (Tune trials, each a Ray Train DeepSpeed run) ->
+score (Ray Data actor pool over every model x split) -> record (MLflow, results table, summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from orchestrator.config import ConfigError, SweepConfig, load_config
+from orchestrator.plan import Plan, describe, expand
+from orchestrator.progress import say
+
+EPILOG = """examples:
+  python -m orchestrator.sweep sweeps/local.yaml             # offline sweep on this machine
+  python -m orchestrator.sweep sweeps/full.yaml --dry-run    # print the study's plan, start nothing
+  python -m orchestrator.sweep sweeps/full.yaml --address auto --resume   # continue on a cluster
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Fine-tune every grid point (lr x label smoothing x model x SFT dataset) with "
+        "DeepSpeed on Ray, score every checkpoint and base model on the benchmark splits, and "
+        "record calibration metrics in MLflow.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep", type=Path, help="sweep YAML file (see sweeps/)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the YAML and print the plan (trials, splits, questions, "
+                        "estimated tokens) without starting Ray")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep from its storage: finished trials and "
+                        "scored splits are reused, errored trials continue from their checkpoint")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster to join ('auto' or host:port; default $RAY_ADDRESS, "
+                        "else a local Ray instance is started)")
+    parser.add_argument("--output-dir", help="override the YAML's output_dir")
+    parser.add_argument("--tracking-uri", help="override the MLflow tracking URI "
+                        "(default: sqlite in the sweep's output directory)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray, DeepSpeed and worker logs (hidden by default)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides: dict = {}
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.tracking_uri:
+        overrides["tracking"] = {"tracking_uri": args.tracking_uri}
+    try:
+        config = load_config(args.sweep, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    plan = expand(config)
+    print(describe(config, plan), flush=True)
+    if args.dry_run:
+        return 0
+    summary = run_sweep(config, plan, address=args.address, resume=args.resume,
+                        verbose=args.verbose)
+    print(summary)
+    return 0
+
+
+def run_sweep(config: SweepConfig, plan: Plan, *, address: str | None = None,
+              resume: bool = False, verbose: bool = False) -> str:
+    """Train, score and record one sweep; returns the printed summary."""
+    from orchestrator.execution import init_ray, score_all, train_all
+    from orchestrator.results import record_results
+    from orchestrator.tracking import SweepTracker
+
+    init_ray(address, verbose)
+    tracker = SweepTracker(config)
+    say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
+    trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)
+    results = score_all(config, plan, trained)
+    return record_results(config, plan, tracker, trained, failed, results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""MLflow layout of a sweep (DESIGN.md): one parent run, one nested child run per trial/base model.
+
+Only the sweep driver writes to MLflow (sqlite takes no concurrent writers well); Tune results
+and scoring outputs reach it through Ray. Runs are found again by tags, so a re-run or resumed
+sweep logs into the runs it already has instead of creating duplicates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config import SweepConfig
+
+PARENT_TAG = "mlflow.parentRunId"
+KIND_TAG = "calsweep.kind"  # "sweep" | "trial" | "base"
+KEY_TAG = "calsweep.key"  # trial id hash, or "base:<model>"
+SWEEP_DIR_TAG = "calsweep.sweep_dir"
+
+
+def tracking_uri(config: SweepConfig) -> str:
+    """The configured URI, else an absolute sqlite path inside the sweep's output directory."""
+    if config.tracking.tracking_uri:
+        return config.tracking.tracking_uri
+    config.sweep_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{config.sweep_dir / 'mlflow.db'}"
+
+
+class SweepTracker:
+    """Creates or finds the sweep's runs and logs params, metrics and artifacts in batches."""
+
+    def __init__(self, config: SweepConfig) -> None:
+        self.uri = tracking_uri(config)
+        self.client = MlflowClient(self.uri)
+        name = config.tracking.experiment or config.name
+        experiment = self.client.get_experiment_by_name(name)
+        self.experiment_id = (
+            experiment.experiment_id if experiment else self.client.create_experiment(name)
+        )
+        self.experiment_name = name
+        sweep_dir = str(config.sweep_dir)
+        self.parent_id = self._find_or_create(
+            f"sweep:{config.name}", config.name, {KIND_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir}
+        )
+
+    def _find_or_create(self, key: str, run_name: str, tags: dict[str, str]) -> str:
+        query = f"tags.`{KEY_TAG}` = '{key}'"
+        if tags.get(KIND_TAG) != "sweep":
+            query += f" and tags.`{PARENT_TAG}` = '{self.parent_id}'"
+        found = self.client.search_runs([self.experiment_id], query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={**tags, KEY_TAG: key}
+        )
+        return run.info.run_id
+
+    def child_run(self, key: str, run_name: str, kind: str) -> str:
+        """The nested run for a trial (key = trial id) or base model (key = base:<model>)."""
+        return self._find_or_create(key, run_name, {KIND_TAG: kind, PARENT_TAG: self.parent_id})
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Log finite values (NaN metrics, e.g. of an empty bin, are skipped, not stored)."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))
+        ]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def finish(self, run_id: str, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.uri}"

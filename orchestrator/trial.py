@@ -1,0 +1,91 @@
+"""The Ray Tune trial driver: one grid point -> a Ray Train DeepSpeed run -> an exported HF model.
+
+The Train run is named after the trial's config hash and stored under the sweep's storage, so a
+restored or re-run trial finds its Train snapshot and continues from the latest checkpoint. A
+trial whose model was already exported (recorded in `<sweep>/trials/<id>.json`) is not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from calsweep.models import resolve_model
+from orchestrator.config import SweepConfig
+from orchestrator.plan import TrialSpec
+from trainers.train_loop import HF_EXPORT_DIR, TrainSettings, train_func
+
+GRID_AXES = ("model", "sft_dataset", "learning_rate", "label_smoothing")
+
+
+def trial_from_tune_config(tune_config: dict[str, Any], seed: int) -> TrialSpec:
+    return TrialSpec(**{axis: tune_config[axis] for axis in GRID_AXES}, seed=seed)
+
+
+def train_settings(config: SweepConfig, trial: TrialSpec) -> TrainSettings:
+    """The worker-side settings of one trial (model path resolved on the driver's node)."""
+    dataset = config.sft_datasets[trial.sft_dataset]
+    t = config.training
+    return TrainSettings(
+        model_path=resolve_model(config.models[trial.model].source),
+        sft_format=dataset.format,
+        sft_source=dataset.source,
+        max_samples=dataset.max_samples,
+        on_malformed=dataset.on_malformed,
+        learning_rate=trial.learning_rate,
+        label_smoothing=trial.label_smoothing,
+        seed=trial.seed,
+        **t.model_dump(exclude={"num_workers", "max_failures"}),
+    )
+
+
+def trial_record_path(config: SweepConfig, trial_id: str) -> Path:
+    return config.sweep_dir / "trials" / f"{trial_id}.json"
+
+
+def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """Tune function trainable: train one grid point and report where its model is."""
+    config = SweepConfig.model_validate(sweep)
+    trial = trial_from_tune_config(tune_config, config.seed)
+    trial_id = trial.trial_id(config)
+    record_path = trial_record_path(config, trial_id)
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if Path(record["model_dir"]).is_dir():
+            tune.report({**record["final_metrics"], "model_dir": record["model_dir"], "reused": 1})
+            return
+
+    resources = config.resources
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=train_settings(config, trial).to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.training.num_workers,
+            use_gpu=resources.use_gpu,
+            resources_per_worker={"CPU": resources.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(config.sweep_dir / "ray"),
+            failure_config=FailureConfig(max_failures=config.training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    result = trainer.fit()
+    model_dir = Path(result.checkpoint.path) / HF_EXPORT_DIR
+    if not (model_dir / "config.json").is_file():
+        raise RuntimeError(f"trial {trial.run_name}: no exported model in {result.checkpoint.path}")
+    final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"model_dir": str(model_dir), "final_metrics": final_metrics}))
+    tmp.replace(record_path)  # atomic: a record exists only for a complete export
+    tune.report({**final_metrics, "model_dir": str(model_dir), "reused": 0})
