@@ -1,0 +1,317 @@
+"""SFT data: dataset adapters -> one chat-message form -> token ids with assistant-only labels.
+
+Alpaca, Tulu 3 and OpenHermes 2.5 rows become ``list[Message]``; ``tokenize_conversation`` renders
+that with the model's chat template (or a plain fallback) and labels exactly the assistant tokens,
+so the loss (``trainers.loss``) trains responses only (DESIGN.md, "Training").
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+import datasets
+import jinja2
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+BUNDLED_DIR = Path(__file__).parent / "data"
+ROLES = ("system", "user", "assistant")
+_OPENHERMES_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class TokenizedExample(TypedDict):
+    input_ids: list[int]
+    labels: list[int]
+
+
+class MalformedRow(ValueError):
+    """A row that cannot become a trainable conversation; ``reason`` is the key it is counted by."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MalformedRow("empty text", f"{where} is {value!r}")
+    return value
+
+
+def _checked(messages: list[Message]) -> list[Message]:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise MalformedRow("no assistant turn", f"roles {[m['role'] for m in messages]}")
+    return messages
+
+
+def _field(row: Mapping[str, Any], key: str) -> Any:
+    if key not in row or row[key] is None:
+        raise MalformedRow("missing field", f"no {key!r} in a row with keys {sorted(row)}")
+    return row[key]
+
+
+def from_alpaca(row: Mapping[str, Any]) -> list[Message]:
+    """instruction/input/output -> [user, assistant]; a non-empty input follows a blank line."""
+    instruction = _text(_field(row, "instruction"), "instruction")
+    extra = row.get("input") or ""  # optional in Alpaca: "" or absent when there is no input
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    output = _text(_field(row, "output"), "output")
+    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": output}])
+
+
+def from_tulu(row: Mapping[str, Any]) -> list[Message]:
+    """Tulu 3 SFT mixture: ``messages`` is already a list of {role, content}."""
+    messages: list[Message] = []
+    for i, turn in enumerate(_field(row, "messages")):
+        role = turn.get("role")
+        if role not in ROLES:
+            raise MalformedRow("unknown role", f"role {role!r} in turn {i}")
+        messages.append({"role": role, "content": _text(turn.get("content"), f"turn {i}")})
+    return _checked(messages)
+
+
+def from_openhermes(row: Mapping[str, Any]) -> list[Message]:
+    """OpenHermes 2.5: ``conversations`` of {from, value}, from in system/human/gpt."""
+    messages: list[Message] = []
+    for i, turn in enumerate(_field(row, "conversations")):
+        role = _OPENHERMES_ROLES.get(turn.get("from"))
+        if role is None:
+            raise MalformedRow("unknown role", f"from {turn.get('from')!r} in turn {i}")
+        messages.append({"role": role, "content": _text(turn.get("value"), f"turn {i}")})
+    return _checked(messages)
+
+
+ADAPTERS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
+    "alpaca": from_alpaca,
+    "tulu": from_tulu,
+    "openhermes": from_openhermes,
+}
+
+
+def _load_rows(fmt: str, source: str) -> datasets.Dataset:
+    """A hub id (or local dataset dir), a local .json/.jsonl/.parquet file, or "bundled"."""
+    if source == "bundled":
+        source = str(BUNDLED_DIR / f"{fmt}_sample.jsonl")
+    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(Path(source).suffix)
+    if builder is None:
+        return datasets.load_dataset(source, split="train")
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"SFT source file {source} does not exist")
+    return datasets.load_dataset(builder, data_files=source, split="train")
+
+
+def load_sft_conversations(
+    fmt: str,
+    source: str,
+    max_samples: int | None = None,
+    seed: int = 0,
+    on_malformed: Literal["skip", "error"] = "skip",
+) -> tuple[list[list[Message]], dict[str, int]]:
+    """Load ``source`` in format ``fmt`` as conversations, plus skipped-row counts per reason.
+
+    With ``max_samples`` the rows are visited in a seeded random order until that many *valid*
+    conversations are found, so skipping never leaves the run short and a 1M-row source is not
+    converted in full; without it every row is returned in file order.
+    """
+    if fmt not in ADAPTERS:
+        raise ValueError(f"unknown SFT format {fmt!r}; allowed: {sorted(ADAPTERS)}")
+    if on_malformed not in ("skip", "error"):
+        raise ValueError(f"on_malformed must be 'skip' or 'error', got {on_malformed!r}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    rows = _load_rows(fmt, source)
+    n = len(rows)
+    order = np.arange(n) if max_samples is None else np.random.default_rng(seed).permutation(n)
+    limit = n if max_samples is None else max_samples
+    conversations: list[list[Message]] = []
+    skipped: Counter[str] = Counter()
+    chunk = 1024  # select() in chunks: random single-row access on Arrow is slow
+    for start in range(0, n, chunk):
+        idx = order[start : start + chunk]
+        for index, row in zip(idx, rows.select(idx), strict=True):
+            try:
+                conversations.append(ADAPTERS[fmt](row))
+            except MalformedRow as err:
+                if on_malformed == "error":
+                    raise MalformedRow(
+                        err.reason,
+                        f"{fmt} row {index} of {source} ({err.detail}); set on_malformed to "
+                        "'skip' to skip such rows (each reason is counted)",
+                    ) from err
+                skipped[err.reason] += 1
+            if len(conversations) >= limit:
+                return conversations, dict(skipped)
+    return conversations, dict(skipped)
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _render(tokenizer: Any, messages: list[Message], generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except jinja2.TemplateError as err:  # e.g. "roles must alternate user/assistant"
+        raise MalformedRow("rejected by chat template", str(err)) from err
+
+
+def _template_spans(messages: list[Message], tokenizer: Any) -> tuple[list[int], list[range]]:
+    """Token ids of the chat-template rendering and the token span of each assistant turn.
+
+    A turn spans from the end of ``render(messages[:i], generation prompt)`` to the end of
+    ``render(messages[:i+1])``: the template's own end-of-turn text is included, so the model
+    learns to stop, whatever the template's tokens are. The renderings must be string prefixes of
+    the full one; token boundaries are the common prefix with the full tokenisation, which stays
+    right even when BPE merges a token across a boundary.
+    """
+    full = _render(tokenizer, messages, generation_prompt=False)
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]  # templates carry their own bos
+
+    def boundary(text: str) -> int:
+        if not full.startswith(text):
+            raise ValueError(
+                "the tokenizer's chat template is not prefix-stable (rendering a conversation's "
+                "first turns is not a prefix of rendering all of it), so assistant spans cannot "
+                "be located; use a template without history rewriting or chat_template=None"
+            )
+        return _common_prefix_len(tokenizer(text, add_special_tokens=False)["input_ids"], ids)
+
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = boundary(_render(tokenizer, messages[:i], generation_prompt=True))
+            end = boundary(_render(tokenizer, messages[: i + 1], generation_prompt=False))
+            # drop the separator whitespace after the end-of-turn token ("<|im_end|>\n")
+            while end - 1 > start and not tokenizer.decode(ids[end - 1 : end]).strip():
+                end -= 1
+            spans.append(range(start, end))
+    return ids, spans
+
+
+def _fallback_spans(messages: list[Message], tokenizer: Any) -> tuple[list[int], list[range]]:
+    """Plain format for tokenizers without a chat template (base models)::
+
+        System: {content}\\n
+        User: {content}\\n
+        Assistant: {content}<eos>\\n
+
+    The labelled span is `` {content}<eos>``; the eos is what teaches the model to stop. Segments
+    are tokenised separately, so the boundaries are exact; the tokenizer's own prefix (e.g. Llama's
+    bos) starts the sequence.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the plain chat format needs a tokenizer with an eos token")
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    ids: list[int] = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    spans = []
+    for message in messages:
+        if message["role"] == "assistant":
+            ids += encode("Assistant:")
+            start = len(ids)
+            ids += encode(" " + message["content"]) + [tokenizer.eos_token_id]
+            spans.append(range(start, len(ids)))
+            ids += encode("\n")
+        else:
+            ids += encode(f"{message['role'].capitalize()}: {message['content']}\n")
+    return ids, spans
+
+
+def tokenize_conversation(
+    messages: list[Message], tokenizer: Any, max_seq_len: int
+) -> TokenizedExample:
+    """Token ids and labels (IGNORE_INDEX except on every assistant turn), right-truncated.
+
+    Uses the tokenizer's chat template when it has one, else the plain format of
+    ``_fallback_spans``. Turns after the last assistant turn carry no loss and are dropped.
+    Raises ``MalformedRow("no assistant tokens after truncation")`` when nothing is left to learn.
+    """
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    if last < 0:
+        raise MalformedRow("no assistant turn")
+    messages = messages[: last + 1]
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    ids, spans = (_template_spans if has_template else _fallback_spans)(messages, tokenizer)
+    labels = [IGNORE_INDEX] * len(ids)
+    for span in spans:
+        labels[span.start : span.stop] = ids[span.start : span.stop]
+    ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise MalformedRow("no assistant tokens after truncation", f"max_seq_len={max_seq_len}")
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_conversations(
+    conversations: Sequence[list[Message]],
+    tokenizer: Any,
+    max_seq_len: int,
+    on_malformed: Literal["skip", "error"] = "skip",
+) -> tuple[list[TokenizedExample], dict[str, int]]:
+    """``tokenize_conversation`` over a dataset, with the same skip/error policy as loading."""
+    examples: list[TokenizedExample] = []
+    skipped: Counter[str] = Counter()
+    for index, messages in enumerate(conversations):
+        try:
+            examples.append(tokenize_conversation(messages, tokenizer, max_seq_len))
+        except MalformedRow as err:
+            if on_malformed == "error":
+                raise MalformedRow(
+                    err.reason,
+                    f"conversation {index} ({err.detail}); set on_malformed to 'skip' to skip it",
+                ) from err
+            skipped[err.reason] += 1
+    return examples, dict(skipped)
+
+
+def collate(batch: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids with ``pad_id``, labels with IGNORE_INDEX, attention 0."""
+    width = max(len(example["input_ids"]) for example in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example["input_ids"])
+        input_ids[row, :n] = torch.tensor(example["input_ids"], dtype=torch.long)
+        labels[row, :n] = torch.tensor(example["labels"], dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, group_factor: int = 50
+) -> Iterator[list[int]]:
+    """Batches of indices with similar lengths (less padding), still in a seeded random order.
+
+    Shuffle, cut into groups of ``batch_size * group_factor``, sort each group by length, slice
+    into batches, then shuffle the batches so long ones are not all at the end.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    group = batch_size * group_factor
+    batches = []
+    for start in range(0, len(order), group):
+        members = sorted(order[start : start + group], key=lambda i: lengths[i])
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    rng.shuffle(batches)
+    yield from batches
