@@ -230,8 +230,15 @@ def _resolve_paths(config: SweepConfig, base: Path) -> SweepConfig:
     if problems:
         raise ConfigError("\n".join(f"{base}: {p}" for p in problems))
     evaluation = config.evaluation.model_copy(update={"benchmarks": benchmarks})
+    # Absolute now: trial drivers and workers run in other working directories.
+    output_dir = str(Path(config.output_dir).expanduser().resolve())
     return config.model_copy(
-        update={"models": models, "sft_datasets": datasets, "evaluation": evaluation}
+        update={
+            "models": models,
+            "sft_datasets": datasets,
+            "evaluation": evaluation,
+            "output_dir": output_dir,
+        }
     )
 
 

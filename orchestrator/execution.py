@@ -46,9 +46,27 @@ def init_ray(address: str | None, verbose: bool) -> None:
         address=address,
         log_to_driver=verbose,
         logging_level=logging.INFO if verbose else logging.WARNING,
-        include_dashboard=False if address is None else None,
     )
     ray.data.DataContext.get_current().enable_progress_bars = verbose
+
+
+def concurrent_trials(config: SweepConfig) -> int:
+    """Trials that fit the cluster at once: a waiting trial driver holds CPU that its Train
+    workers' placement group may need, so unbounded concurrency can deadlock small clusters."""
+    r, t = config.resources, config.training
+    total = ray.cluster_resources()
+    per_trial_cpu = r.cpus_per_trial_driver + t.num_workers * r.cpus_per_worker
+    fit = int(total.get("CPU", 0) // per_trial_cpu)
+    if r.use_gpu:
+        fit = min(fit, int(total.get("GPU", 0) // t.num_workers))
+    if fit < 1:
+        raise RuntimeError(
+            f"one trial needs {per_trial_cpu:g} CPUs{' and GPUs' if r.use_gpu else ''} "
+            f"({t.num_workers} workers x {r.cpus_per_worker:g} + driver "
+            f"{r.cpus_per_trial_driver:g}) but the cluster has {total.get('CPU', 0):g}; lower "
+            "training.num_workers or resources.cpus_per_worker"
+        )
+    return fit
 
 
 def train_all(config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool,
@@ -73,8 +91,10 @@ def train_all(config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume:
     else:
         grid = config.grid.model_dump()
         param_space = {axis: tune.grid_search(grid[axis]) for axis in GRID_AXES}
+        tune_config = tune.TuneConfig(reuse_actors=False,
+                                      max_concurrent_trials=concurrent_trials(config))
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
-                           tune_config=tune.TuneConfig(reuse_actors=False))
+                           tune_config=tune_config)
     grid_results = tuner.fit()
 
     trained, failed = [], dict(progress.failed)

@@ -1,0 +1,129 @@
+"""Sweep YAML validation: every mistake is one line naming the file, the key path and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import ConfigError, load_config
+from orchestrator.plan import describe, expand
+
+ROOT = Path(__file__).resolve().parents[1]
+VALID = {
+    "name": "t",
+    "models": {"tiny": {"source": "./model"}},
+    "sft_datasets": {"alp": {"format": "alpaca", "source": "bundled"}},
+    "grid": {
+        "learning_rate": [1e-4],
+        "label_smoothing": [0.0, 0.1],
+        "model": ["tiny"],
+        "sft_dataset": ["alp"],
+    },
+    "evaluation": {"benchmarks": {"global_mmlu": {"languages": ["de", "sw"], "limit": 5}}},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    (tmp_path / "model").mkdir(exist_ok=True)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def error_for(tmp_path: Path, mutate) -> str:
+    data = copy.deepcopy(VALID)
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data))
+    message = str(info.value)
+    assert str(tmp_path / "sweep.yaml") in message or str(tmp_path) in message
+    return message
+
+
+def test_valid_config_resolves_paths_relative_to_the_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert config.models["tiny"].source == str(tmp_path / "model")
+    assert Path(config.output_dir).is_absolute()
+    assert config.training.zero_stage == 2  # defaults fill what the YAML leaves out
+
+
+def test_unknown_key_lists_the_allowed_keys(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["grid"].update(learning_rates=[1e-3]))
+    assert "grid.learning_rates: unknown key" in message
+    assert "learning_rate, label_smoothing, model, sft_dataset" in message
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["models"]["tiny"].update(revison="main"))
+    assert "models.tiny.revison: unknown key; allowed keys here: source" in message
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d.update(training={"max_steps": "ten"}))
+    assert "training.max_steps" in message and "'ten'" in message
+
+
+def test_empty_grid_axis(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["grid"].update(label_smoothing=[]))
+    assert "grid.label_smoothing" in message and "at least 1" in message
+
+
+def test_learning_rate_must_be_positive(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["grid"].update(learning_rate=[1e-4, 0.0]))
+    assert "grid.learning_rate.1: Input should be greater than 0" in message
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.0])
+def test_smoothing_outside_unit_interval(tmp_path: Path, beta: float) -> None:
+    message = error_for(tmp_path, lambda d: d["grid"].update(label_smoothing=[beta]))
+    assert "grid.label_smoothing.0" in message
+
+
+def test_unknown_language_lists_allowed(tmp_path: Path) -> None:
+    message = error_for(
+        tmp_path,
+        lambda d: d["evaluation"]["benchmarks"]["global_mmlu"].update(languages=["de", "xx"]),
+    )
+    assert "unknown languages ['xx']" in message and "am ar bn" in message
+
+
+def test_unknown_benchmark(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["evaluation"]["benchmarks"].update(mmlu={}))
+    assert "unknown benchmark 'mmlu'" in message and "global_mmlu, mmlu_prox" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = error_for(
+        tmp_path, lambda d: d["sft_datasets"]["alp"].update(source="data/missing.jsonl")
+    )
+    assert "sft_datasets.alp.source: 'data/missing.jsonl' does not exist" in message
+
+
+def test_grid_names_must_be_defined(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["grid"].update(model=["tiny", "llama"]))
+    assert "grid.model: 'llama' is not defined under models" in message
+
+
+def test_missing_required_section(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d.pop("grid"))
+    assert "grid: required key is missing" in message
+
+
+def test_missing_sweep_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such sweep file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_sweeps_validate_and_plan() -> None:
+    local = load_config(ROOT / "sweeps" / "local.yaml")
+    plan = expand(local)
+    assert len(plan.trials) >= 4 and len(plan.splits) == 71
+    full = load_config(ROOT / "sweeps" / "full.yaml")
+    plan = expand(full)
+    assert (len(plan.trials), len(plan.base_models), len(plan.splits)) == (108, 3, 71)
+    text = describe(full, plan)
+    assert "trials: 108" in text and "base-model evaluations: 3" in text
+    assert "effective batch 128" in text

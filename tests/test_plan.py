@@ -1,0 +1,39 @@
+"""Grid expansion and trial identity, without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.config import load_config
+from orchestrator.plan import expand, split_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_grid_is_the_cartesian_product_with_stable_unique_ids() -> None:
+    config = load_config(ROOT / "sweeps" / "full.yaml")
+    plan = expand(config)
+    points = {(t.model, t.sft_dataset, t.learning_rate, t.label_smoothing) for t in plan.trials}
+    assert len(points) == 108
+    ids = [t.trial_id(config) for t in plan.trials]
+    assert len(set(ids)) == 108
+    assert ids == [t.trial_id(config) for t in expand(config).trials]  # deterministic
+    assert plan.trials[0].run_name == "gemma2-2b|alpaca|lr=5e-06|ls=0"
+
+
+def test_trial_id_changes_with_the_recipe() -> None:
+    config = load_config(ROOT / "sweeps" / "local.yaml")
+    trial = expand(config).trials[0]
+    longer = config.model_copy(
+        update={"training": config.training.model_copy(update={"max_steps": 11})}
+    )
+    assert trial.trial_id(config) != trial.trial_id(longer)
+
+
+def test_split_sizes_come_from_local_parquet_metadata() -> None:
+    config = load_config(ROOT / "sweeps" / "local.yaml")
+    splits = expand(config).splits
+    assert {s.benchmark for s in splits} == {"global_mmlu", "mmlu_prox"}
+    assert all(split_size(s) == 10 for s in splits)  # bundled sample has 40 > limit 10
+    full = expand(load_config(ROOT / "sweeps" / "full.yaml")).splits
+    assert split_size(full[0]) == 14042  # published size of a hub split
