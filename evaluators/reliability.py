@@ -23,8 +23,9 @@ def plot_reliability_overview(
     names = list(bins_by_split)
     columns = max(1, math.ceil(math.sqrt(len(names))))
     rows = max(1, math.ceil(len(names) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.0 * rows), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.0 * columns, 2.0 * rows), squeeze=False, sharex=True, sharey=True
+    )
     for ax in axes.flat:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names, strict=False):
@@ -32,8 +33,14 @@ def plot_reliability_overview(
         bins = [b for b in bins_by_split[name] if b["count"] > 0]
         centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
         width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
-        ax.bar(centers, [b["accuracy"] for b in bins], width=width, color="tab:blue",
-               edgecolor="white", linewidth=0.3)
+        ax.bar(
+            centers,
+            [b["accuracy"] for b in bins],
+            width=width,
+            color="tab:blue",
+            edgecolor="white",
+            linewidth=0.3,
+        )
         ax.plot(centers, [b["mean_confidence"] for b in bins], color="grey", linewidth=0.8)
         ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=0.6)
         ax.set_xlim(0, 1)

@@ -120,7 +120,9 @@ class EvaluationConfig(Strict):
                     )
             allowed_splits = (spec.test_split, spec.dev_split)
             if bench.split is not None and bench.split not in allowed_splits:
-                raise ValueError(f"{name}: unknown split {bench.split!r}; allowed: {allowed_splits}")
+                raise ValueError(
+                    f"{name}: unknown split {bench.split!r}; allowed: {allowed_splits}"
+                )
         return value
 
 

@@ -18,8 +18,8 @@ from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_w
 from orchestrator.config import SweepConfig
 from orchestrator.plan import Plan, TrialSpec
 from orchestrator.progress import TrialProgress, say
-from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
 from orchestrator.tracking import SweepTracker
+from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
 
 TUNE_EXPERIMENT = "tune"
 
@@ -48,6 +48,9 @@ def init_ray(address: str | None, verbose: bool) -> None:
         logging_level=logging.INFO if verbose else logging.WARNING,
     )
     ray.data.DataContext.get_current().enable_progress_bars = verbose
+    if not verbose:  # Ray Data logs each execution plan at INFO; progress lines say enough
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def concurrent_trials(config: SweepConfig) -> int:
@@ -69,8 +72,9 @@ def concurrent_trials(config: SweepConfig) -> int:
     return fit
 
 
-def train_all(config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool,
-              verbose: bool) -> tuple[list[ScoredModel], dict[str, str]]:
+def train_all(
+    config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool, verbose: bool
+) -> tuple[list[ScoredModel], dict[str, str]]:
     """Run (or resume) the Tune grid; returns the trained models and failed trials' errors."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=config.model_dump()),
@@ -91,10 +95,12 @@ def train_all(config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume:
     else:
         grid = config.grid.model_dump()
         param_space = {axis: tune.grid_search(grid[axis]) for axis in GRID_AXES}
-        tune_config = tune.TuneConfig(reuse_actors=False,
-                                      max_concurrent_trials=concurrent_trials(config))
-        tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
-                           tune_config=tune_config)
+        tune_config = tune.TuneConfig(
+            reuse_actors=False, max_concurrent_trials=concurrent_trials(config)
+        )
+        tuner = tune.Tuner(
+            trainable, param_space=param_space, run_config=run_config, tune_config=tune_config
+        )
     grid_results = tuner.fit()
 
     trained, failed = [], dict(progress.failed)
@@ -104,32 +110,56 @@ def train_all(config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume:
             failed.setdefault(trial.run_name, str(result.error or "no model exported"))
             continue
         run_id = tracker.child_run(trial.trial_id(config), trial.run_name, "trial")
-        trained.append(ScoredModel(trial.trial_id(config), trial.run_name,
-                                   result.metrics["model_dir"], trial, run_id))
+        trained.append(
+            ScoredModel(
+                trial.trial_id(config), trial.run_name, result.metrics["model_dir"], trial, run_id
+            )
+        )
     for model in plan.base_models:
         run_id = tracker.child_run(f"base:{model}", f"{model}|base", "base")
-        tracker.log_params(run_id, {"model": model, "sft_dataset": "none",
-                                    "model_source": config.models[model].source})
-        trained.append(ScoredModel(f"base:{model}", f"{model}|base",
-                                   resolve_model(config.models[model].source), None, run_id))
+        tracker.log_params(
+            run_id,
+            {"model": model, "sft_dataset": "none", "model_source": config.models[model].source},
+        )
+        trained.append(
+            ScoredModel(
+                f"base:{model}",
+                f"{model}|base",
+                resolve_model(config.models[model].source),
+                None,
+                run_id,
+            )
+        )
     return trained, failed
 
 
 def scoring_settings(config: SweepConfig) -> ScoringSettings:
     e = config.evaluation
-    return ScoringSettings(mode=e.mode, dtype=e.dtype, max_batch_tokens=e.max_batch_tokens,
-                           metrics=MetricConfig(**e.metrics.model_dump()))
+    return ScoringSettings(
+        mode=e.mode,
+        dtype=e.dtype,
+        max_batch_tokens=e.max_batch_tokens,
+        metrics=MetricConfig(**e.metrics.model_dump()),
+    )
 
 
-def score_all(config: SweepConfig, plan: Plan,
-              models: list[ScoredModel]) -> dict[tuple[str, str, str], SplitResult]:
+def score_all(
+    config: SweepConfig, plan: Plan, models: list[ScoredModel]
+) -> dict[tuple[str, str, str], SplitResult]:
     """Score every model on every split; results keyed by (model key, benchmark, language)."""
     items = []
     for model in models:
         digest = model_digest(model.path)
         for s in plan.splits:
-            request = SplitRequest(s.benchmark, s.language, s.split, s.source, s.limit,
-                                   config.seed, config.evaluation.num_fewshot)
+            request = SplitRequest(
+                s.benchmark,
+                s.language,
+                s.split,
+                s.source,
+                s.limit,
+                config.seed,
+                config.evaluation.num_fewshot,
+            )
             items.append(WorkItem(model.key, model.path, digest, request))
     total = len(items)
     counter = {"done": 0, "cached": 0}
@@ -139,23 +169,29 @@ def score_all(config: SweepConfig, plan: Plan,
         counter["done"] += 1
         counter["cached"] += cached
         if not cached and (counter["done"] % 10 == 0 or counter["done"] == total):
-            say(f"score {counter['done']}/{total} splits ({counter['cached']} cached) | "
+            say(
+                f"score {counter['done']}/{total} splits ({counter['cached']} cached) | "
                 f"{names[item.model_key]} {item.request.benchmark}/{item.request.language} "
-                f"acc {result.metrics['accuracy']:.3f}")
+                f"acc {result.metrics['accuracy']:.3f}"
+            )
 
     say(f"scoring {len(models)} models x {len(plan.splits)} splits")
     resources = config.resources
     by_cache_key = score_work_items(
-        items, scoring_settings(config), config.sweep_dir / "score_cache",
+        items,
+        scoring_settings(config),
+        config.sweep_dir / "score_cache",
         num_actors=config.evaluation.num_actors,
         cpus_per_actor=resources.cpus_per_scoring_actor,
         gpus_per_actor=resources.gpus_per_scoring_actor if resources.use_gpu else 0.0,
         on_result=on_result,
     )
+    say(f"scored {total} splits ({counter['cached']} from cache)")
     settings = scoring_settings(config)
     return {
-        (item.model_key, item.request.benchmark, item.request.language):
-            by_cache_key[item.cache_key(settings)]
+        (item.model_key, item.request.benchmark, item.request.language): by_cache_key[
+            item.cache_key(settings)
+        ]
         for item in items
     }
 

@@ -61,23 +61,28 @@ class TrialProgress(Callback):
         name = trial_from_tune_config(trial.config, self.config.seed).run_name
         say(f"train {self.done}/{self.total} done | start {name}")
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
-                        **info: Any):
-        if "train/loss" not in result:
-            return
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ):
+        if "train/loss" not in result or "model_dir" in result:
+            return  # the driver's closing report repeats the last step
         step = int(result["step"])
-        metrics = {k: v for k, v in result.items()
-                   if k.startswith("train/") and isinstance(v, int | float)}
+        metrics = {
+            k: v for k, v in result.items() if k.startswith("train/") and isinstance(v, int | float)
+        }
         if not result.get("reused"):
             self.tracker.log_metrics(self._run_id(trial), metrics, step=step)
         name = trial_from_tune_config(trial.config, self.config.seed).run_name
-        say(f"train {self.done}/{self.total} done | {name} step {step}/{result['total_steps']} "
-            f"loss {result['train/loss']:.4f} ({result['train/tokens_per_s']:.0f} tok/s)")
+        say(
+            f"train {self.done}/{self.total} done | {name} step {step}/{result['total_steps']} "
+            f"loss {result['train/loss']:.4f} ({result['train/tokens_per_s']:.0f} tok/s)"
+        )
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         self.done += 1
         name = trial_from_tune_config(trial.config, self.config.seed).run_name
-        say(f"train {self.done}/{self.total} done | finished {name}")
+        reused = " (exported model reused)" if trial.last_result.get("reused") else ""
+        say(f"train {self.done}/{self.total} done | finished {name}{reused}")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         self.done += 1

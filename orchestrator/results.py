@@ -23,8 +23,9 @@ from orchestrator.tracking import SweepTracker
 RESULTS_FILE = "results.parquet"
 
 
-def long_table(models: list[ScoredModel],
-               results: dict[tuple[str, str, str], SplitResult]) -> pl.DataFrame:
+def long_table(
+    models: list[ScoredModel], results: dict[tuple[str, str, str], SplitResult]
+) -> pl.DataFrame:
     """One row per (model, benchmark, language, metric); base models have smoothing/lr null."""
     by_key = {m.key: m for m in models}
     rows = []
@@ -32,17 +33,19 @@ def long_table(models: list[ScoredModel],
         model = by_key[key]
         trial = model.trial
         for metric, value in result.metrics.items():
-            rows.append({
-                "run": model.run_name,
-                "model": trial.model if trial else key.removeprefix("base:"),
-                "sft_dataset": trial.sft_dataset if trial else "none",
-                "smoothing": trial.label_smoothing if trial else None,
-                "lr": trial.learning_rate if trial else None,
-                "benchmark": benchmark,
-                "language": language,
-                "metric": metric,
-                "value": float(value),
-            })
+            rows.append(
+                {
+                    "run": model.run_name,
+                    "model": trial.model if trial else key.removeprefix("base:"),
+                    "sft_dataset": trial.sft_dataset if trial else "none",
+                    "smoothing": trial.label_smoothing if trial else None,
+                    "lr": trial.learning_rate if trial else None,
+                    "benchmark": benchmark,
+                    "language": language,
+                    "metric": metric,
+                    "value": float(value),
+                }
+            )
     return pl.DataFrame(rows, schema_overrides={"smoothing": pl.Float64, "lr": pl.Float64})
 
 
@@ -58,22 +61,36 @@ def mlflow_metrics(table: pl.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def record_results(config: SweepConfig, plan: Plan, tracker: SweepTracker,
-                   models: list[ScoredModel], failed: dict[str, str],
-                   results: dict[tuple[str, str, str], SplitResult]) -> str:
+def record_results(
+    config: SweepConfig,
+    plan: Plan,
+    tracker: SweepTracker,
+    models: list[ScoredModel],
+    failed: dict[str, str],
+    results: dict[tuple[str, str, str], SplitResult],
+) -> str:
     """Log everything to MLflow and disk; returns the summary to print."""
     table = long_table(models, results)
     out = config.sweep_dir
     table.write_parquet(out / RESULTS_FILE)
     for model in models:
-        _record_model(tracker, model, table.filter(pl.col("run") == model.run_name),
-                      {k: v for k, v in results.items() if k[0] == model.key})
+        _record_model(
+            tracker,
+            model,
+            table.filter(pl.col("run") == model.run_name),
+            {k: v for k, v in results.items() if k[0] == model.key},
+        )
     parent = tracker.parent_id
-    tracker.log_params(parent, {
-        "trials": len(plan.trials), "base_models": len(plan.base_models),
-        "splits": len(plan.splits), "failed_trials": len(failed),
-        **{f"scoring.{k}": v for k, v in scoring_settings(config).to_dict().items()},
-    })
+    tracker.log_params(
+        parent,
+        {
+            "trials": len(plan.trials),
+            "base_models": len(plan.base_models),
+            "splits": len(plan.splits),
+            "failed_trials": len(failed),
+            **{f"scoring.{k}": v for k, v in scoring_settings(config).to_dict().items()},
+        },
+    )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         (Path(tmp) / "plan.txt").write_text(describe(config, plan))
@@ -84,51 +101,76 @@ def record_results(config: SweepConfig, plan: Plan, tracker: SweepTracker,
     return summary_text(table, failed, tracker.ui_command(), out)
 
 
-def _record_model(tracker: SweepTracker, model: ScoredModel, table: pl.DataFrame,
-                  results: dict[tuple[str, str, str], SplitResult]) -> None:
+def _record_model(
+    tracker: SweepTracker,
+    model: ScoredModel,
+    table: pl.DataFrame,
+    results: dict[tuple[str, str, str], SplitResult],
+) -> None:
     tracker.log_metrics(model.run_id, mlflow_metrics(table))
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        predictions = pl.concat([
-            pl.DataFrame(r.predictions).with_columns(
-                benchmark=pl.lit(bench), language=pl.lit(lang))
-            for (_, bench, lang), r in sorted(results.items())
-        ], how="diagonal_relaxed")
+        predictions = pl.concat(
+            [
+                pl.DataFrame(r.predictions).with_columns(
+                    benchmark=pl.lit(bench), language=pl.lit(lang)
+                )
+                for (_, bench, lang), r in sorted(results.items())
+            ],
+            how="diagonal_relaxed",
+        )
         predictions.write_parquet(tmp_path / "predictions.parquet")
         table.pivot("metric", index=["benchmark", "language"], values="value").write_csv(
-            tmp_path / "split_metrics.csv")
+            tmp_path / "split_metrics.csv"
+        )
         tracker.log_artifact(model.run_id, tmp_path / "predictions.parquet")
         tracker.log_artifact(model.run_id, tmp_path / "split_metrics.csv")
         for benchmark in sorted({k[1] for k in results}):
             png = tmp_path / f"reliability_{benchmark}.png"
             plot_reliability_overview(
-                {lang: r.reliability for (_, b, lang), r in sorted(results.items())
-                 if b == benchmark},
-                title=f"{model.run_name} — {benchmark}", path=png)
+                {
+                    lang: r.reliability
+                    for (_, b, lang), r in sorted(results.items())
+                    if b == benchmark
+                },
+                title=f"{model.run_name} — {benchmark}",
+                path=png,
+            )
             tracker.log_artifact(model.run_id, png, "reliability")
     tracker.finish(model.run_id)
 
 
-def summary_text(table: pl.DataFrame, failed: dict[str, str], ui_command: str,
-                 out: Path) -> str:
+def summary_text(table: pl.DataFrame, failed: dict[str, str], ui_command: str, out: Path) -> str:
     """Per configuration and benchmark: mean accuracy and ECE over languages."""
     means = (
         table.filter(pl.col("metric").is_in(["accuracy", "ece"]))
-        .group_by("run", "benchmark", "metric").agg(pl.col("value").mean())
+        .group_by("run", "benchmark", "metric")
+        .agg(pl.col("value").mean())
         .with_columns(column=pl.col("benchmark") + " " + pl.col("metric"))
-        .pivot("column", index="run", values="value").sort("run")
+        .pivot("column", index="run", values="value")
+        .sort("run")
     )
     columns = [c for c in means.columns if c != "run"]
     width = max(len(r) for r in means["run"]) if means.height else 10
-    lines = ["", "Summary (means over languages; accuracy higher is better, ECE lower is better)",
-             f"{'configuration':<{width}}  " + "  ".join(f"{c:>20}" for c in columns)]
+    lines = [
+        "",
+        "Summary (means over languages; accuracy higher is better, ECE lower is better)",
+        f"{'configuration':<{width}}  " + "  ".join(f"{c:>20}" for c in columns),
+    ]
     for row in means.iter_rows(named=True):
         cells = [row[c] for c in columns]
-        lines.append(f"{row['run']:<{width}}  " + "  ".join(
-            f"{v:>20.4f}" if v is not None and not math.isnan(v) else f"{'-':>20}"
-            for v in cells))
+        lines.append(
+            f"{row['run']:<{width}}  "
+            + "  ".join(
+                f"{v:>20.4f}" if v is not None and not math.isnan(v) else f"{'-':>20}"
+                for v in cells
+            )
+        )
     for name, error in failed.items():
         lines.append(f"FAILED {name}: {error.strip().splitlines()[-1] if error.strip() else ''}")
-    lines += ["", f"results table: {out / RESULTS_FILE}",
-              f"compare runs: {ui_command}   (then open http://127.0.0.1:5000)"]
+    lines += [
+        "",
+        f"results table: {out / RESULTS_FILE}",
+        f"compare runs: {ui_command}   (then open http://127.0.0.1:5000)",
+    ]
     return "\n".join(lines)

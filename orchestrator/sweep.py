@@ -32,20 +32,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", type=Path, help="sweep YAML file (see sweeps/)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate the YAML and print the plan (trials, splits, questions, "
-                        "estimated tokens) without starting Ray")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted sweep from its storage: finished trials and "
-                        "scored splits are reused, errored trials continue from their checkpoint")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster to join ('auto' or host:port; default $RAY_ADDRESS, "
-                        "else a local Ray instance is started)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the YAML and print the plan (trials, splits, questions, "
+        "estimated tokens) without starting Ray",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep from its storage: finished trials and "
+        "scored splits are reused, errored trials continue from their checkpoint",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join ('auto' or host:port; default $RAY_ADDRESS, "
+        "else a local Ray instance is started)",
+    )
     parser.add_argument("--output-dir", help="override the YAML's output_dir")
-    parser.add_argument("--tracking-uri", help="override the MLflow tracking URI "
-                        "(default: sqlite in the sweep's output directory)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Ray, DeepSpeed and worker logs (hidden by default)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="override the MLflow tracking URI (default: sqlite in the sweep's output directory)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray, DeepSpeed and worker logs (hidden by default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -65,14 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(config, plan), flush=True)
     if args.dry_run:
         return 0
-    summary = run_sweep(config, plan, address=args.address, resume=args.resume,
-                        verbose=args.verbose)
+    summary = run_sweep(
+        config, plan, address=args.address, resume=args.resume, verbose=args.verbose
+    )
     print(summary)
     return 0
 
 
-def run_sweep(config: SweepConfig, plan: Plan, *, address: str | None = None,
-              resume: bool = False, verbose: bool = False) -> str:
+def run_sweep(
+    config: SweepConfig,
+    plan: Plan,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+) -> str:
     """Train, score and record one sweep; returns the printed summary."""
     from orchestrator.execution import init_ray, score_all, train_all
     from orchestrator.results import record_results

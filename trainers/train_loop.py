@@ -173,8 +173,9 @@ def train_func(config: dict[str, Any]) -> None:
 
     for step in range(start_step, len(schedule)):
         started = time.perf_counter()
-        loss_sum, tokens, padded = _optimizer_step(engine, s, examples, schedule[step], step,
-                                                   rank, world, pad_id)
+        loss_sum, tokens, padded = _optimizer_step(
+            engine, s, examples, schedule[step], step, rank, world, pad_id
+        )
         seconds = time.perf_counter() - started
         done = step + 1
         metrics = {
@@ -234,10 +235,14 @@ def _label_tokens(example: dict) -> int:
 def _report_resumable(engine, metrics: dict[str, Any], step: int) -> None:
     """Save DeepSpeed state (every rank its shard) and report it as one Ray Train checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(str(Path(tmp) / DS_STATE_DIR), tag=f"step{step}",
-                               client_state={"step": step})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_step{step:06d}")
+        engine.save_checkpoint(
+            str(Path(tmp) / DS_STATE_DIR), tag=f"step{step}", client_state={"step": step}
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_step{step:06d}",
+        )
 
 
 def _report_final(engine, tokenizer, s: TrainSettings, metrics: dict[str, Any], rank: int) -> None:
@@ -253,5 +258,8 @@ def _report_final(engine, tokenizer, s: TrainSettings, metrics: dict[str, Any], 
             engine.module.save_pretrained(export, state_dict=state_dict)
             tokenizer.save_pretrained(export)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({**metrics, "exported": 1}, checkpoint=checkpoint,
-                         checkpoint_dir_name="checkpoint_final")
+        ray.train.report(
+            {**metrics, "exported": 1},
+            checkpoint=checkpoint,
+            checkpoint_dir_name="checkpoint_final",
+        )

@@ -1,0 +1,117 @@
+"""A complete miniature sweep through the CLI's code path: real Ray Tune + Train + DeepSpeed,
+Ray Data scoring, MLflow (sqlite); then the same command again reuses everything."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.sweep import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("mini-sweep")
+    sweep = {
+        "name": "mini",
+        "output_dir": str(root / "runs"),
+        "models": {"tiny": {"source": str(tiny_model_dir)}},
+        "sft_datasets": {"tulu-sample": {"format": "tulu", "source": "bundled", "max_samples": 32}},
+        "grid": {
+            "learning_rate": [1e-3],
+            "label_smoothing": [0.0, 0.1],
+            "model": ["tiny"],
+            "sft_dataset": ["tulu-sample"],
+        },
+        "training": {
+            "max_steps": 2,
+            "micro_batch_size": 2,
+            "num_workers": 2,
+            "max_seq_len": 64,
+            "precision": "bf16",
+            "zero_stage": 2,
+        },
+        "evaluation": {
+            "benchmarks": {
+                "global_mmlu": {"languages": ["de", "sw"], "limit": 4},
+                "mmlu_prox": {"languages": ["ja"], "limit": 4},
+            },
+            "max_batch_tokens": 1024,
+        },
+        "resources": {
+            "cpus_per_worker": 0.9,
+            "cpus_per_trial_driver": 0.1,
+            "cpus_per_scoring_actor": 1.0,
+        },
+    }
+    path = root / "mini.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(sweep_file: Path):
+    try:
+        assert main([str(sweep_file)]) == 0
+        yield sweep_file.parent / "runs" / "mini"
+    finally:
+        ray.shutdown()
+
+
+def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -> None:
+    client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mini")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3  # 2 trials + 1 base model
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    trials = [r for r in children if r.data.params.get("sft_dataset") == "tulu-sample"]
+    assert {r.data.params["smoothing"] for r in trials} == {"0.0", "0.1"}
+    assert {r.info.run_name for r in trials} == {
+        "tiny|tulu-sample|lr=0.001|ls=0",
+        "tiny|tulu-sample|lr=0.001|ls=0.1",
+    }
+    for run in trials:
+        assert run.data.params["lr"] == "0.001" and run.data.params["train.zero_stage"] == "2"
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [1, 2]
+        assert all(math.isfinite(m.value) and m.value > 0 for m in history)
+    for run in children:
+        metrics = run.data.metrics
+        for bench, langs in (("global_mmlu", ["de", "sw"]), ("mmlu_prox", ["ja"])):
+            for name in ("accuracy", "entropy", "ece", "rms", "nll", "brier"):
+                for lang in [*langs, "mean"]:
+                    assert math.isfinite(metrics[f"eval/{bench}/{lang}/{name}"])
+        assert metrics["eval/global_mmlu/de/n_questions"] == 4
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"predictions.parquet", "split_metrics.csv", "reliability"} <= artifacts
+    # smoothing changes training: the two trials' losses differ at step 2
+    losses = [client.get_metric_history(r.info.run_id, "train/loss")[-1].value for r in trials]
+    assert losses[0] != losses[1]
+
+
+def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
+    finished_sweep: Path, sweep_file: Path, capsys
+) -> None:
+    capsys.readouterr()
+    try:
+        assert main([str(sweep_file)]) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert "Summary" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert out.count("(exported model reused)") == 2
+    assert "scored 27 splits (27 from cache)" in out
+    client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mini")
+    assert len(client.search_runs([experiment.experiment_id])) == 4
