@@ -39,8 +39,9 @@ def init_ray(address: str | None, verbose: bool) -> None:
     """Join `address` or start a local instance, with Ray's known log noise turned down."""
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
-    # Tune's own table reporter would repeat what TrialProgress prints.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tune's reporters would repeat what TrialProgress prints; the legacy one is silent at
+    # verbose=0, the new one still prints an experiment banner.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     ray.init(
         address=address,

@@ -95,16 +95,21 @@ def run_sweep(
     verbose: bool = False,
 ) -> str:
     """Train, score and record one sweep; returns the printed summary."""
+    import ray
+
     from orchestrator.execution import init_ray, score_all, train_all
     from orchestrator.results import record_results
     from orchestrator.tracking import SweepTracker
 
     init_ray(address, verbose)
-    tracker = SweepTracker(config)
-    say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
-    trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)
-    results = score_all(config, plan, trained)
-    return record_results(config, plan, tracker, trained, failed, results)
+    try:
+        tracker = SweepTracker(config)
+        say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
+        trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)
+        results = score_all(config, plan, trained)
+        return record_results(config, plan, tracker, trained, failed, results)
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

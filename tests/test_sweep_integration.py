@@ -58,11 +58,9 @@ def sweep_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
 
 @pytest.fixture(scope="module")
 def finished_sweep(sweep_file: Path):
-    try:
-        assert main([str(sweep_file)]) == 0
-        yield sweep_file.parent / "runs" / "mini"
-    finally:
-        ray.shutdown()
+    assert main([str(sweep_file)]) == 0
+    assert not ray.is_initialized()  # the sweep shuts down what it started
+    return sweep_file.parent / "runs" / "mini"
 
 
 def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -> None:
@@ -84,7 +82,7 @@ def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -
     for run in trials:
         assert run.data.params["lr"] == "0.001" and run.data.params["train.zero_stage"] == "2"
         history = client.get_metric_history(run.info.run_id, "train/loss")
-        assert [m.step for m in history] == [1, 2]
+        assert [m.step for m in history] == [1, 2, 3, 4]
         assert all(math.isfinite(m.value) and m.value > 0 for m in history)
     for run in children:
         metrics = run.data.metrics
@@ -95,23 +93,20 @@ def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -
         assert metrics["eval/global_mmlu/de/n_questions"] == 4
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"predictions.parquet", "split_metrics.csv", "reliability"} <= artifacts
-    # smoothing changes training: the two trials' losses differ at step 2
-    losses = [client.get_metric_history(r.info.run_id, "train/loss")[-1].value for r in trials]
-    assert losses[0] != losses[1]
+    # training changed the weights, and smoothing changed them differently
+    nll = {r.info.run_name: r.data.metrics["eval/global_mmlu/mean/nll"] for r in children}
+    assert len(set(nll.values())) == 3, nll
 
 
 def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
     finished_sweep: Path, sweep_file: Path, capsys
 ) -> None:
     capsys.readouterr()
-    try:
-        assert main([str(sweep_file)]) == 0
-    finally:
-        ray.shutdown()
+    assert main([str(sweep_file)]) == 0
     out = capsys.readouterr().out
     assert "Summary" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert out.count("(exported model reused)") == 2
-    assert "scored 27 splits (27 from cache)" in out
+    assert "scored 9 splits (9 from cache)" in out, out
     client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mini")
     assert len(client.search_runs([experiment.experiment_id])) == 4
