@@ -32,6 +32,7 @@ import mlflow.tracking
 import numpy as np
 import polars as pl
 
+from evaluators.metrics import HIGHER_IS_BETTER
 from orchestrator.stats import (
     BASE_DATASET,
     EFFECT_KIND,
@@ -140,10 +141,17 @@ def build_report(
     """Validate, select one lr per configuration, run the comparison family, build Table 1."""
     if test not in TESTS:
         raise ReportError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")
+    if unknown := [m for m in metrics if m not in HIGHER_IS_BETTER]:
+        raise ReportError(f"metric(s) {', '.join(unknown)} have no direction (HIGHER_IS_BETTER)")
     table, notes = validate(table)
     selection_rows, rows, how = split_for_selection(table)
     selection = select_lr(selection_rows, select_lr_by)
     notes.append(f"Learning rate {how}.")
+    keys = ["model", "sft_dataset", "smoothing"]
+    tuned = rows.filter(pl.col("sft_dataset") != BASE_DATASET)
+    if (unselected := tuned.join(selection, on=keys, how="anti").unique(keys)).height:
+        names = ", ".join("/".join(map(str, r)) for r in unselected.select(keys).sort(keys).rows())
+        notes.append(f"Left out, no rows to select an lr on: {names}.")
     configs, values = apply_selection(rows, selection)
     benchmarks = sorted({b for _, b, _ in values})
     planned, skipped = plan_comparisons(configs, benchmarks, values, metrics)

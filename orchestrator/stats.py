@@ -284,10 +284,11 @@ def run_family(
     rows, skipped = [], []
     for comparison in comparisons:
         a, b = comparison.a, comparison.b
-        common = sorted(a.keys() & b.keys())
-        xa, xb = ([a[k] for k in common], [b[k] for k in common])
         if test == "welch":
             xa, xb = list(a.values()), list(b.values())
+        else:
+            common = sorted(a.keys() & b.keys())
+            xa, xb = [a[k] for k in common], [b[k] for k in common]
         try:
             with np.errstate(all="ignore"):
                 result = compare(np.array(xa), np.array(xb), test)
@@ -323,10 +324,9 @@ def table1(
              "mean": float(np.mean(list(v.values()))), "n_languages": len(v)}
             for c in configs for b in benchmarks for m in metrics
             if (v := values.get((c, b, m)))]  # fmt: skip
-    schema = {**{k: COMPARISON_COLUMNS[k] for k in ("model", "sft_dataset")},
-              "smoothing": pl.Float64, "lr": pl.Float64, "config": pl.String,
-              "benchmark": pl.String, "metric": pl.String, "mean": pl.Float64,
-              "n_languages": pl.Int64}  # fmt: skip
+    schema = {"model": pl.String, "sft_dataset": pl.String, "smoothing": pl.Float64,
+              "lr": pl.Float64, "config": pl.String, "benchmark": pl.String,
+              "metric": pl.String, "mean": pl.Float64, "n_languages": pl.Int64}  # fmt: skip
     group = ["model", "sft_dataset", "benchmark", "metric"]
     higher = pl.col("metric").replace_strict(HIGHER_IS_BETTER, return_dtype=pl.Boolean)
     best = pl.when(higher).then(pl.col("mean").max()).otherwise(pl.col("mean").min()).over(group)
