@@ -18,6 +18,7 @@ from evaluators.reliability import plot_reliability_overview
 from orchestrator.config import SweepConfig
 from orchestrator.execution import ScoredModel, scoring_settings
 from orchestrator.plan import Plan, describe
+from orchestrator.report import write_report
 from orchestrator.tracking import SweepTracker
 
 RESULTS_FILE = "results.parquet"
@@ -97,8 +98,11 @@ def record_results(
         for name in ("sweep.yaml", "plan.txt"):
             tracker.log_artifact(parent, Path(tmp) / name)
     tracker.log_artifact(parent, out / RESULTS_FILE)
+    report = write_report(table, out / "report", title=config.name)
+    for path in report.values():
+        tracker.log_artifact(parent, path, "report")
     tracker.finish(parent, failed=bool(failed))
-    return summary_text(table, failed, tracker.ui_command(), out)
+    return summary_text(table, failed, tracker.ui_command(), out, report["html"])
 
 
 def _record_model(
@@ -140,7 +144,9 @@ def _record_model(
     tracker.finish(model.run_id)
 
 
-def summary_text(table: pl.DataFrame, failed: dict[str, str], ui_command: str, out: Path) -> str:
+def summary_text(
+    table: pl.DataFrame, failed: dict[str, str], ui_command: str, out: Path, report: Path
+) -> str:
     """Per configuration and benchmark: mean accuracy and ECE over languages."""
     means = (
         table.filter(pl.col("metric").is_in(["accuracy", "ece"]))
@@ -150,7 +156,7 @@ def summary_text(table: pl.DataFrame, failed: dict[str, str], ui_command: str, o
         .pivot("column", index="run", values="value")
         .sort("run")
     )
-    columns = [c for c in means.columns if c != "run"]
+    columns = sorted(c for c in means.columns if c != "run")
     width = max(len(r) for r in means["run"]) if means.height else 10
     lines = [
         "",
@@ -171,6 +177,7 @@ def summary_text(table: pl.DataFrame, failed: dict[str, str], ui_command: str, o
     lines += [
         "",
         f"results table: {out / RESULTS_FILE}",
+        f"significance report: {report}",
         f"compare runs: {ui_command}   (then open http://127.0.0.1:5000)",
     ]
     return "\n".join(lines)
