@@ -22,6 +22,7 @@ from orchestrator.plan import TrialSpec
 from trainers.train_loop import HF_EXPORT_DIR, TrainSettings, train_func
 
 GRID_AXES = ("model", "sft_dataset", "learning_rate", "label_smoothing")
+FINAL_CHECKPOINT = "checkpoint_final"  # checkpoint_dir_name of the worker's final report
 
 
 def trial_from_tune_config(tune_config: dict[str, Any], seed: int) -> TrialSpec:
@@ -57,9 +58,16 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
     record_path = trial_record_path(config, trial_id)
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        if Path(record["model_dir"]).is_dir():
+        if is_complete_export(Path(record["model_dir"])):
             tune.report({**record["final_metrics"], "model_dir": record["model_dir"], "reused": 1})
             return
+
+    # The Train run may have exported its model before the sweep driver died: reuse it.
+    train_run = config.sweep_dir / "ray" / f"train-{trial_id}"
+    final_export = train_run / FINAL_CHECKPOINT / HF_EXPORT_DIR
+    if is_complete_export(final_export):
+        _finish(record_path, final_export, {}, reused=1)
+        return
 
     resources = config.resources
     trainer = TorchTrainer(
@@ -81,11 +89,35 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
     )
     result = trainer.fit()
     model_dir = Path(result.checkpoint.path) / HF_EXPORT_DIR
-    if not (model_dir / "config.json").is_file():
+    if not is_complete_export(model_dir):
         raise RuntimeError(f"trial {trial.run_name}: no exported model in {result.checkpoint.path}")
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+    _finish(record_path, model_dir, final_metrics, reused=0)
+
+
+def is_complete_export(model_dir: Path) -> bool:
+    """True for a fully written HF export: config, tokenizer, and weight files whose
+    safetensors headers fit their sizes (a truncated upload fails to open)."""
+    from safetensors import safe_open
+
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not (model_dir / "config.json").is_file() or not weights:
+        return False
+    if not (model_dir / "tokenizer_config.json").is_file():
+        return False
+    try:
+        for path in weights:
+            with safe_open(str(path), framework="pt"):
+                pass
+    except Exception:  # safetensors raises its own error type for truncated files
+        return False
+    return True
+
+
+def _finish(record_path: Path, model_dir: Path, final_metrics: dict[str, float], reused: int):
+    """Record the export (atomically: a record exists only for a complete export) and report."""
     record_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"model_dir": str(model_dir), "final_metrics": final_metrics}))
-    tmp.replace(record_path)  # atomic: a record exists only for a complete export
-    tune.report({**final_metrics, "model_dir": str(model_dir), "reused": 0})
+    tmp.replace(record_path)
+    tune.report({**final_metrics, "model_dir": str(model_dir), "reused": reused})
