@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from calsweep.models import resolve_model
 from evaluators.evaluate import SplitRequest, SplitResult
@@ -52,6 +54,36 @@ def init_ray(address: str | None, verbose: bool) -> None:
     if not verbose:  # Ray Data logs each execution plan at INFO; progress lines say enough
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def check_shared_storage(sweep_dir: Path) -> None:
+    """Fail fast when some node of a multi-node cluster cannot see the sweep's output directory
+    (checkpoints, exports and the score cache must be readable from every node)."""
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if len(nodes) < 2:
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    marker = sweep_dir / ".calsweep_shared_check"
+    token = uuid.uuid4().hex
+    marker.write_text(token)
+
+    @ray.remote(num_cpus=0)
+    def sees_marker() -> bool:
+        return marker.is_file() and marker.read_text() == token
+
+    checks = {
+        node["NodeManagerAddress"]: sees_marker.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote()
+        for node in nodes
+    }
+    blind = [address for address, ref in checks.items() if not ray.get(ref)]
+    if blind:
+        raise RuntimeError(
+            f"output directory {sweep_dir} is not visible from node(s) {', '.join(blind)}: on a "
+            "multi-node cluster use a shared filesystem path that every node mounts "
+            "(--output-dir /shared/calsweep)"
+        )
 
 
 def concurrent_trials(config: SweepConfig) -> int:

@@ -97,12 +97,13 @@ def run_sweep(
     """Train, score and record one sweep; returns the printed summary."""
     import ray
 
-    from orchestrator.execution import init_ray, score_all, train_all
+    from orchestrator.execution import check_shared_storage, init_ray, score_all, train_all
     from orchestrator.results import record_results
     from orchestrator.tracking import SweepTracker
 
     init_ray(address, verbose)
     try:
+        check_shared_storage(config.sweep_dir)
         tracker = SweepTracker(config)
         say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
         trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)
