@@ -48,6 +48,48 @@ def make_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     return out_dir
 
 
+def write_mini_sweep(root: Path, model_dir: Path, **training: object) -> Path:
+    """A miniature sweep YAML: tiny model, 2 trials (smoothing 0 / 0.1), 3 splits of 4 questions."""
+    import yaml
+
+    sweep = {
+        "name": "mini",
+        "output_dir": str(root / "runs"),
+        "models": {"tiny": {"source": str(model_dir)}},
+        "sft_datasets": {"tulu-sample": {"format": "tulu", "source": "bundled", "max_samples": 32}},
+        "grid": {
+            "learning_rate": [1e-3],
+            "label_smoothing": [0.0, 0.1],
+            "model": ["tiny"],
+            "sft_dataset": ["tulu-sample"],
+        },
+        "training": {
+            "max_steps": 4,
+            "micro_batch_size": 2,
+            "num_workers": 2,
+            "max_seq_len": 64,
+            "precision": "bf16",
+            "zero_stage": 2,
+            **training,
+        },
+        "evaluation": {
+            "benchmarks": {
+                "global_mmlu": {"languages": ["de", "sw"], "limit": 4},
+                "mmlu_prox": {"languages": ["ja"], "limit": 4},
+            },
+            "max_batch_tokens": 1024,
+        },
+        "resources": {
+            "cpus_per_worker": 0.9,
+            "cpus_per_trial_driver": 0.1,
+            "cpus_per_scoring_actor": 1.0,
+        },
+    }
+    path = root / "mini.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real pretrained SmolLM2-135M-Instruct, converted once from the PyPI package's GGUF."""

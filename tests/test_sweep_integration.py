@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
-import yaml
+from conftest import write_mini_sweep
 from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep import main
@@ -18,42 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("mini-sweep")
-    sweep = {
-        "name": "mini",
-        "output_dir": str(root / "runs"),
-        "models": {"tiny": {"source": str(tiny_model_dir)}},
-        "sft_datasets": {"tulu-sample": {"format": "tulu", "source": "bundled", "max_samples": 32}},
-        "grid": {
-            "learning_rate": [1e-3],
-            "label_smoothing": [0.0, 0.1],
-            "model": ["tiny"],
-            "sft_dataset": ["tulu-sample"],
-        },
-        "training": {
-            "max_steps": 2,
-            "micro_batch_size": 2,
-            "num_workers": 2,
-            "max_seq_len": 64,
-            "precision": "bf16",
-            "zero_stage": 2,
-        },
-        "evaluation": {
-            "benchmarks": {
-                "global_mmlu": {"languages": ["de", "sw"], "limit": 4},
-                "mmlu_prox": {"languages": ["ja"], "limit": 4},
-            },
-            "max_batch_tokens": 1024,
-        },
-        "resources": {
-            "cpus_per_worker": 0.9,
-            "cpus_per_trial_driver": 0.1,
-            "cpus_per_scoring_actor": 1.0,
-        },
-    }
-    path = root / "mini.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return path
+    return write_mini_sweep(tmp_path_factory.mktemp("mini-sweep"), tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
