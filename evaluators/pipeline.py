@@ -106,6 +106,19 @@ def result_from_json(text: str) -> SplitResult:
     return SplitResult(**{**data, "request": SplitRequest(**data["request"])})
 
 
+def load_cached(cache_dir: Path, key: str) -> SplitResult | None:
+    path = cache_dir / f"{key}.json"
+    return result_from_json(path.read_text()) if path.is_file() else None
+
+
+def store_cached(cache_dir: Path, key: str, result: SplitResult) -> None:
+    """Write atomically: a crash never leaves a half-written cache entry behind."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f"{key}.json.tmp"
+    tmp.write_text(json.dumps(asdict(result)))
+    tmp.replace(cache_dir / f"{key}.json")
+
+
 def score_work_items(
     items: list[WorkItem],
     settings: ScoringSettings,
@@ -117,24 +130,21 @@ def score_work_items(
     on_result: Callable[[WorkItem, SplitResult, bool], None] | None = None,
 ) -> dict[str, SplitResult]:
     """Score every item not already cached; returns results by cache key (cached ones too)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
     by_key = {item.cache_key(settings): item for item in items}
     results: dict[str, SplitResult] = {}
     todo = []
     for key, item in by_key.items():
-        cached = cache_dir / f"{key}.json"
-        if cached.is_file():
-            results[key] = result_from_json(cached.read_text())
-            if on_result:
-                on_result(item, results[key], True)
-        else:
+        cached = load_cached(cache_dir, key)
+        if cached is None:
             todo.append(item)
+            continue
+        results[key] = cached
+        if on_result:
+            on_result(item, cached, True)
     todo.sort(key=lambda item: (item.model_key, item.request.benchmark, item.request.language))
     for key, text in _run_actor_pool(todo, settings, num_actors, cpus_per_actor, gpus_per_actor):
-        tmp = cache_dir / f"{key}.json.tmp"
-        tmp.write_text(text)
-        tmp.replace(cache_dir / f"{key}.json")  # atomic: no half-written cache entries
         results[key] = result_from_json(text)
+        store_cached(cache_dir, key, results[key])
         if on_result:
             on_result(by_key[key], results[key], False)
     return results

@@ -1,0 +1,211 @@
+"""`python -m evaluators.score --model PATH_OR_ID --out DIR`: score one model, no Ray Tune.
+
+Writes per-question probabilities (predictions.parquet), per-split metrics (split_metrics.csv),
+reliability diagrams (one PNG per split and one overview grid per benchmark), and optionally
+temperature-scaled metrics beside the raw ones. Results are cached by (model content digest,
+split, scoring settings) in `--cache` (default `<out>/cache`): a rerun rescoring nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from calsweep.models import resolve_model
+from evaluators.benchmarks import BENCHMARKS, BUNDLED, get_benchmark, resolve_source
+from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
+from evaluators.metrics import MetricConfig, compute_all, pad_probabilities
+from evaluators.pipeline import ScoringSettings, WorkItem, load_cached, model_digest, store_cached
+from evaluators.reliability import plot_reliability_overview
+from evaluators.temperature import fit_temperature, scaled_probabilities
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluators.score",
+        description="Score one model's multiple-choice answers on Global-MMLU / MMLU-ProX splits "
+        "and compute calibration metrics per split.",
+    )
+    parser.add_argument(
+        "--model", required=True, help="hub id, local HF directory, or package:<module>/<file.gguf>"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument(
+        "--benchmarks",
+        nargs="+",
+        default=list(BENCHMARKS),
+        choices=list(BENCHMARKS),
+        help="benchmarks to score (default: both)",
+    )
+    parser.add_argument(
+        "--languages", nargs="+", default=["all"], help="language configs, or 'all' (default)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=["test", "dev"],
+        default="test",
+        help="'test' or 'dev' (= dev for Global-MMLU, validation for MMLU-ProX)",
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="BENCHMARK=SOURCE",
+        help="hub id or local mirror per benchmark (default: the bundled sample)",
+    )
+    parser.add_argument("--limit", type=int, help="questions per split (seeded subsample)")
+    parser.add_argument("--seed", type=int, default=0, help="subsampling / few-shot seed")
+    parser.add_argument(
+        "--mode",
+        choices=["perplexity", "loglik", "letter"],
+        default="perplexity",
+        help="how options are scored (DESIGN.md)",
+    )
+    parser.add_argument(
+        "--num-fewshot", type=int, default=0, help="k-shot examples from the dev/validation split"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="auto = bf16 where supported; float32 for exactness",
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=4096,
+        help="packed tokens per forward pass (halved on out-of-memory)",
+    )
+    parser.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="also fit one temperature on the dev split and report ts_* metrics",
+    )
+    parser.add_argument("--cache", type=Path, help="score cache directory (default <out>/cache)")
+    return parser.parse_args(argv)
+
+
+def requests_for(args: argparse.Namespace) -> list[SplitRequest]:
+    sources = dict(item.split("=", 1) for item in args.source)
+    unknown = set(sources) - set(args.benchmarks)
+    if unknown:
+        raise ValueError(f"--source for {sorted(unknown)}, which is not in --benchmarks")
+    requests = []
+    for name in args.benchmarks:
+        spec = get_benchmark(name)
+        languages = spec.languages if args.languages == ["all"] else args.languages
+        split = spec.test_split if args.split == "test" else spec.dev_split
+        source = resolve_source(spec, sources.get(name, BUNDLED))
+        requests += [
+            SplitRequest(name, lang, split, source, args.limit, args.seed, args.num_fewshot)
+            for lang in languages
+            if lang in spec.languages or args.languages == ["all"]
+        ]
+    if not requests:
+        raise ValueError(f"none of {args.languages} is a language of {args.benchmarks}")
+    return requests
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        requests = requests_for(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from evaluators.scoring import OptionScorer, load_model
+
+    model_path = resolve_model(args.model)
+    settings = ScoringSettings(args.mode, args.dtype, args.max_batch_tokens, MetricConfig())
+    digest = model_digest(model_path)
+    cache = args.cache or args.out / "cache"
+    scorer = None
+
+    def score(request: SplitRequest) -> SplitResult:
+        nonlocal scorer
+        key = WorkItem("cli", model_path, digest, request).cache_key(settings)
+        result = load_cached(cache, key)
+        if result is None:
+            if scorer is None:
+                scorer = OptionScorer(
+                    *load_model(model_path, dtype=args.dtype), args.mode, args.max_batch_tokens
+                )
+            result = evaluate_split(scorer, request, settings.metrics)
+            store_cached(cache, key, result)
+        return result
+
+    started, results = time.perf_counter(), []
+    for done, request in enumerate(requests, start=1):
+        result = score(request)
+        if args.temperature_scaling:
+            dev = replace(request, split=get_benchmark(request.benchmark).dev_split, limit=None)
+            result.metrics.update(temperature_scaled_metrics(score(dev), result, settings))
+        results.append(result)
+        print(
+            f"[{done}/{len(requests)}] {request.benchmark}/{request.language}: "
+            f"acc {result.metrics['accuracy']:.3f} ece {result.metrics['ece']:.3f} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    write_outputs(args.out, results)
+    print(f"wrote {args.out}/predictions.parquet, split_metrics.csv, reliability/")
+    return 0
+
+
+def temperature_scaled_metrics(
+    dev: SplitResult, test: SplitResult, settings: ScoringSettings
+) -> dict[str, float]:
+    """Metrics of the test split after scaling by the temperature fitted on the dev split."""
+    scores = [np.array(s) for s in dev.predictions["scores"]]
+    temperature = fit_temperature(scores, dev.predictions["gold"])
+    test_scores = [np.array(s) for s in test.predictions["scores"]]
+    probs = pad_probabilities(scaled_probabilities(test_scores, temperature))
+    scaled = compute_all(probs, np.array(test.predictions["gold"]), settings.metrics)
+    return {"temperature": temperature, **{f"ts_{k}": v for k, v in scaled.items()}}
+
+
+def write_outputs(out: Path, results: list[SplitResult]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    frames = [
+        pl.DataFrame(r.predictions).with_columns(
+            benchmark=pl.lit(r.request.benchmark),
+            language=pl.lit(r.request.language),
+            split=pl.lit(r.request.split),
+        )
+        for r in results
+    ]
+    pl.concat(frames, how="diagonal_relaxed").write_parquet(out / "predictions.parquet")
+    pl.DataFrame(
+        [
+            {
+                "benchmark": r.request.benchmark,
+                "language": r.request.language,
+                "split": r.request.split,
+                **r.metrics,
+            }
+            for r in results
+        ]
+    ).write_csv(out / "split_metrics.csv")
+    for benchmark in sorted({r.request.benchmark for r in results}):
+        mine = [r for r in results if r.request.benchmark == benchmark]
+        for r in mine:
+            plot_reliability_overview(
+                {r.request.language: r.reliability},
+                title=f"{benchmark} {r.request.language}",
+                path=out / "reliability" / f"{benchmark}_{r.request.language}.png",
+            )
+        plot_reliability_overview(
+            {r.request.language: r.reliability for r in mine},
+            title=benchmark,
+            path=out / f"reliability_{benchmark}.png",
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
