@@ -1,0 +1,89 @@
+"""A real two-node Ray cluster on this machine: a training worker is killed mid-trial, Ray Train
+restarts the worker group from the latest checkpoint, and the sweep completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import write_mini_sweep
+from mlflow.tracking import MlflowClient
+
+from orchestrator.sweep import main
+
+pytestmark = pytest.mark.integration
+PORT = 6391
+
+
+def ray_cli(*args: str) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    subprocess.run(["ray", *args], check=True, env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path: Path):
+    """Head node and a worker node (2 logical CPUs each), torn down after the test."""
+    ray_cli(
+        "start",
+        "--head",
+        f"--port={PORT}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+    )
+    try:
+        ray_cli("start", f"--address=127.0.0.1:{PORT}", "--num-cpus=2")
+        yield f"127.0.0.1:{PORT}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def kill_a_worker_after_first_checkpoint(sweep_dir: Path, killed: list[int]) -> None:
+    """Wait for a registered mid-run checkpoint, then SIGKILL one training worker process."""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        if list((sweep_dir / "ray").glob("train-*/checkpoint_step*")):
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+            ]
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+        time.sleep(0.2)
+
+
+def test_killed_training_worker_recovers_on_a_two_node_cluster(
+    tmp_path: Path, tiny_model_dir: Path, two_node_cluster: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    sweep = write_mini_sweep(
+        tmp_path, tiny_model_dir, max_steps=8, checkpoint_every_steps=2, max_failures=2
+    )
+    sweep_dir = tmp_path / "runs" / "mini"
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_a_worker_after_first_checkpoint, args=(sweep_dir, killed), daemon=True
+    )
+    killer.start()
+    assert main([str(sweep), "--address", two_node_cluster]) == 0
+    killer.join(timeout=5)
+    assert killed, "no training worker was killed: the test did not exercise recovery"
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mini")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    trials = [r for r in runs if "lr=" in r.info.run_name]
+    for run in trials:
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
+        assert steps == set(range(1, 9))
+        assert "eval/global_mmlu/mean/ece" in run.data.metrics
