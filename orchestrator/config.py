@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
+from evaluators.metrics import HIGHER_IS_BETTER
 
 SFT_FORMATS = ("alpaca", "tulu", "openhermes")
 SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -102,7 +103,17 @@ class EvaluationConfig(Strict):
     max_batch_tokens: PositiveInt = 4096
     num_actors: PositiveInt = 1
     evaluate_base_models: bool = True
+    # Select one lr per (model, dataset, smoothing) by this metric's mean on the dev/validation
+    # splits, then score only the selected checkpoints on the test splits (None: score all).
+    select_lr_by: str | None = None
     metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("select_lr_by")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in HIGHER_IS_BETTER:
+            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(HIGHER_IS_BETTER)}")
+        return value
 
     @field_validator("benchmarks")
     @classmethod

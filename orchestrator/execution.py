@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -18,7 +17,7 @@ from evaluators.evaluate import SplitRequest, SplitResult
 from evaluators.metrics import MetricConfig
 from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_work_items
 from orchestrator.config import SweepConfig
-from orchestrator.plan import Plan, TrialSpec
+from orchestrator.plan import EvalSplit, Plan, TrialSpec
 from orchestrator.progress import TrialProgress, say
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
@@ -176,14 +175,17 @@ def scoring_settings(config: SweepConfig) -> ScoringSettings:
     )
 
 
+ResultKey = tuple[str, str, str, str]  # (model key, benchmark, language, split)
+
+
 def score_all(
-    config: SweepConfig, plan: Plan, models: list[ScoredModel]
-) -> dict[tuple[str, str, str], SplitResult]:
-    """Score every model on every split; results keyed by (model key, benchmark, language)."""
+    config: SweepConfig, splits: list[EvalSplit], models: list[ScoredModel]
+) -> dict[ResultKey, SplitResult]:
+    """Score every model on every split (cached work is reused), keyed by ResultKey."""
     items = []
     for model in models:
         digest = model_digest(model.path)
-        for s in plan.splits:
+        for s in splits:
             request = SplitRequest(
                 s.benchmark,
                 s.language,
@@ -208,7 +210,7 @@ def score_all(
                 f"acc {result.metrics['accuracy']:.3f}"
             )
 
-    say(f"scoring {len(models)} models x {len(plan.splits)} splits")
+    say(f"scoring {len(models)} models x {len(splits)} {splits[0].split if splits else ''} splits")
     resources = config.resources
     by_cache_key = score_work_items(
         items,
@@ -222,13 +224,8 @@ def score_all(
     say(f"scored {total} splits ({counter['cached']} from cache)")
     settings = scoring_settings(config)
     return {
-        (item.model_key, item.request.benchmark, item.request.language): by_cache_key[
-            item.cache_key(settings)
-        ]
+        (item.model_key, item.request.benchmark, item.request.language, item.request.split): (
+            by_cache_key[item.cache_key(settings)]
+        )
         for item in items
     }
-
-
-def write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))

@@ -72,6 +72,14 @@ class Plan:
     trials: list[TrialSpec]
     base_models: list[str]
     splits: list[EvalSplit]
+    dev_splits: list[EvalSplit]  # scored first, only when selecting the lr on them
+
+    @property
+    def selected_trials(self) -> int:
+        """Trials scored on the test splits: all, or one lr per (model, dataset, smoothing)."""
+        if not self.dev_splits:
+            return len(self.trials)
+        return len({(t.model, t.sft_dataset, t.label_smoothing) for t in self.trials})
 
 
 def expand(config: SweepConfig) -> Plan:
@@ -84,14 +92,18 @@ def expand(config: SweepConfig) -> Plan:
         )
     ]
     base_models = list(grid.model) if config.evaluation.evaluate_base_models else []
-    splits = []
+    splits, dev_splits = [], []
     for name, bench in config.evaluation.benchmarks.items():
         spec = BENCHMARKS[name]
         languages = spec.languages if bench.languages == "all" else bench.languages
         split = bench.split or spec.test_split
         source = resolve_source(spec, bench.source)
         splits += [EvalSplit(name, lang, split, source, bench.limit) for lang in languages]
-    return Plan(trials, base_models, splits)
+        if config.evaluation.select_lr_by:
+            dev_splits += [
+                EvalSplit(name, lang, spec.dev_split, source, bench.limit) for lang in languages
+            ]
+    return Plan(trials, base_models, splits, dev_splits)
 
 
 def split_size(item: EvalSplit) -> int:
@@ -107,11 +119,10 @@ def split_size(item: EvalSplit) -> int:
 
 def describe(config: SweepConfig, plan: Plan) -> str:
     """The dry-run text: what would be trained and scored, and how much."""
-    questions = {b: 0 for b in config.evaluation.benchmarks}
-    for item in plan.splits:
-        questions[item.benchmark] += split_size(item)
-    n_models = len(plan.trials) + len(plan.base_models)
-    per_model_tokens = sum(TOKENS_PER_QUESTION[b] * n for b, n in questions.items())
+    questions = _questions(config, plan.splits)
+    dev_questions = _questions(config, plan.dev_splits)
+    n_models = plan.selected_trials + len(plan.base_models)
+    per_model_tokens = _tokens(questions)
     lines = [
         f"sweep {config.name!r} -> {config.sweep_dir}",
         f"trials: {len(plan.trials)} "
@@ -125,12 +136,41 @@ def describe(config: SweepConfig, plan: Plan) -> str:
         f"models to score: {n_models}; questions in all: {sum(questions.values()) * n_models:,}",
         f"estimated tokens to score: {per_model_tokens * n_models:,} "
         f"(~{per_model_tokens:,} per model, zero-shot)",
+        *_selection_lines(config, plan, questions, dev_questions),
         f"training: {config.training.num_workers} workers x micro-batch "
         f"{config.training.micro_batch_size} x grad-accum {config.training.grad_accum_steps} = "
         f"effective batch {effective_batch(config)}, ZeRO-{config.training.zero_stage}, "
         f"{config.training.precision}",
     ]
     return "\n".join(lines)
+
+
+def _questions(config: SweepConfig, splits: list[EvalSplit]) -> dict[str, int]:
+    questions = {b: 0 for b in config.evaluation.benchmarks}
+    for item in splits:
+        questions[item.benchmark] += split_size(item)
+    return questions
+
+
+def _tokens(questions: dict[str, int]) -> int:
+    return sum(TOKENS_PER_QUESTION[b] * n for b, n in questions.items())
+
+
+def _selection_lines(
+    config: SweepConfig, plan: Plan, questions: dict[str, int], dev: dict[str, int]
+) -> list[str]:
+    """With lr selection: the dev cost and what skipping unselected checkpoints saves."""
+    if not plan.dev_splits:
+        return []
+    skipped = len(plan.trials) - plan.selected_trials
+    saved_q = sum(questions.values()) * skipped - sum(dev.values()) * len(plan.trials)
+    saved_t = _tokens(questions) * skipped - _tokens(dev) * len(plan.trials)
+    return [
+        f"lr selection by dev {config.evaluation.select_lr_by}: {len(plan.trials)} trials x "
+        f"{sum(dev.values()):,} dev questions, then {plan.selected_trials} selected checkpoints "
+        f"on the test splits",
+        f"saving vs scoring every checkpoint: {saved_q:,} questions, ~{saved_t:,} tokens",
+    ]
 
 
 def effective_batch(config: SweepConfig) -> int:

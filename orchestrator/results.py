@@ -1,7 +1,8 @@
 """Record scoring results: MLflow metrics and artifacts, the long results table, the summary.
 
-The long table (model, sft_dataset, smoothing, lr, benchmark, language, metric, value) is the
-format the significance report reads (DESIGN.md, "Significance report").
+The long table (model, sft_dataset, smoothing, lr, benchmark, language, split, metric, value) is
+the format the significance report reads (DESIGN.md, "Significance report"); dev/validation rows
+appear only when the lr is selected on them, and go to MLflow as `eval_dev/...`.
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ import yaml
 from evaluators.evaluate import SplitResult
 from evaluators.reliability import plot_reliability_overview
 from orchestrator.config import SweepConfig
-from orchestrator.execution import ScoredModel, scoring_settings
+from orchestrator.execution import ResultKey, ScoredModel, scoring_settings
 from orchestrator.plan import Plan, describe
 from orchestrator.report import write_report
+from orchestrator.stats import select_lr
 from orchestrator.tracking import SweepTracker
 
 RESULTS_FILE = "results.parquet"
 
 
-def long_table(
-    models: list[ScoredModel], results: dict[tuple[str, str, str], SplitResult]
-) -> pl.DataFrame:
-    """One row per (model, benchmark, language, metric); base models have smoothing/lr null."""
+def long_table(models: list[ScoredModel], results: dict[ResultKey, SplitResult]) -> pl.DataFrame:
+    """One row per (model, benchmark, language, split, metric); base models: smoothing/lr null."""
     by_key = {m.key: m for m in models}
     rows = []
-    for (key, benchmark, language), result in results.items():
+    for (key, benchmark, language, split), result in results.items():
         model = by_key[key]
         trial = model.trial
         for metric, value in result.metrics.items():
@@ -43,6 +43,7 @@ def long_table(
                     "lr": trial.learning_rate if trial else None,
                     "benchmark": benchmark,
                     "language": language,
+                    "split": split,
                     "metric": metric,
                     "value": float(value),
                 }
@@ -51,15 +52,36 @@ def long_table(
 
 
 def mlflow_metrics(table: pl.DataFrame) -> dict[str, float]:
-    """`eval/<benchmark>/<lang>/<metric>` and `eval/<benchmark>/mean/<metric>` for one model."""
+    """`eval/<benchmark>/<lang>/<metric>` and `eval/<benchmark>/mean/<metric>` for one model
+    (`eval_dev/...` for dev/validation splits)."""
+    prefix = pl.when(pl.col("split") == "test").then(pl.lit("eval")).otherwise(pl.lit("eval_dev"))
+    table = table.with_columns(prefix=prefix)
     metrics = {
-        f"eval/{r['benchmark']}/{r['language']}/{r['metric']}": r["value"]
+        f"{r['prefix']}/{r['benchmark']}/{r['language']}/{r['metric']}": r["value"]
         for r in table.iter_rows(named=True)
     }
-    means = table.group_by("benchmark", "metric").agg(pl.col("value").mean())
+    means = table.group_by("prefix", "benchmark", "metric").agg(pl.col("value").mean())
     for r in means.iter_rows(named=True):
-        metrics[f"eval/{r['benchmark']}/mean/{r['metric']}"] = r["value"]
+        metrics[f"{r['prefix']}/{r['benchmark']}/mean/{r['metric']}"] = r["value"]
     return metrics
+
+
+def select_checkpoints(
+    config: SweepConfig, models: list[ScoredModel], dev: dict[ResultKey, SplitResult]
+) -> list[ScoredModel]:
+    """The trials whose lr is best on the dev splits per (model, dataset, smoothing)."""
+    metric = config.evaluation.select_lr_by
+    best = select_lr(long_table(models, dev), metric)
+    chosen = {
+        (r["model"], r["sft_dataset"], r["smoothing"], r["lr"]) for r in best.iter_rows(named=True)
+    }
+    return [
+        m
+        for m in models
+        if m.trial
+        and (m.trial.model, m.trial.sft_dataset, m.trial.label_smoothing, m.trial.learning_rate)
+        in chosen
+    ]
 
 
 def record_results(
@@ -68,7 +90,7 @@ def record_results(
     tracker: SweepTracker,
     models: list[ScoredModel],
     failed: dict[str, str],
-    results: dict[tuple[str, str, str], SplitResult],
+    results: dict[ResultKey, SplitResult],
 ) -> str:
     """Log everything to MLflow and disk; returns the summary to print."""
     table = long_table(models, results)
@@ -109,7 +131,7 @@ def _record_model(
     tracker: SweepTracker,
     model: ScoredModel,
     table: pl.DataFrame,
-    results: dict[tuple[str, str, str], SplitResult],
+    results: dict[ResultKey, SplitResult],
 ) -> None:
     tracker.log_metrics(model.run_id, mlflow_metrics(table))
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,25 +139,25 @@ def _record_model(
         predictions = pl.concat(
             [
                 pl.DataFrame(r.predictions).with_columns(
-                    benchmark=pl.lit(bench), language=pl.lit(lang)
+                    benchmark=pl.lit(bench), language=pl.lit(lang), split=pl.lit(split)
                 )
-                for (_, bench, lang), r in sorted(results.items())
+                for (_, bench, lang, split), r in sorted(results.items())
             ],
             how="diagonal_relaxed",
         )
         predictions.write_parquet(tmp_path / "predictions.parquet")
-        table.pivot("metric", index=["benchmark", "language"], values="value").write_csv(
+        table.pivot("metric", index=["benchmark", "language", "split"], values="value").write_csv(
             tmp_path / "split_metrics.csv"
         )
         tracker.log_artifact(model.run_id, tmp_path / "predictions.parquet")
         tracker.log_artifact(model.run_id, tmp_path / "split_metrics.csv")
-        for benchmark in sorted({k[1] for k in results}):
+        for benchmark in sorted({k[1] for k in results if k[3] == "test"}):
             png = tmp_path / f"reliability_{benchmark}.png"
             plot_reliability_overview(
                 {
                     lang: r.reliability
-                    for (_, b, lang), r in sorted(results.items())
-                    if b == benchmark
+                    for (_, b, lang, split), r in sorted(results.items())
+                    if b == benchmark and split == "test"
                 },
                 title=f"{model.run_name} — {benchmark}",
                 path=png,
@@ -147,9 +169,9 @@ def _record_model(
 def summary_text(
     table: pl.DataFrame, failed: dict[str, str], ui_command: str, out: Path, report: Path
 ) -> str:
-    """Per configuration and benchmark: mean accuracy and ECE over languages."""
+    """Per configuration and benchmark: mean accuracy and ECE over test languages."""
     means = (
-        table.filter(pl.col("metric").is_in(["accuracy", "ece"]))
+        table.filter(pl.col("metric").is_in(["accuracy", "ece"]), pl.col("split") == "test")
         .group_by("run", "benchmark", "metric")
         .agg(pl.col("value").mean())
         .with_columns(column=pl.col("benchmark") + " " + pl.col("metric"))

@@ -98,7 +98,7 @@ def run_sweep(
     import ray
 
     from orchestrator.execution import check_shared_storage, init_ray, score_all, train_all
-    from orchestrator.results import record_results
+    from orchestrator.results import record_results, select_checkpoints
     from orchestrator.tracking import SweepTracker
 
     init_ray(address, verbose)
@@ -107,7 +107,13 @@ def run_sweep(
         tracker = SweepTracker(config)
         say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
         trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)
-        results = score_all(config, plan, trained)
+        to_test, results = trained, {}
+        if plan.dev_splits:  # lr selection: dev splits first, then only the chosen checkpoints
+            results = score_all(config, plan.dev_splits, [m for m in trained if m.trial])
+            chosen = select_checkpoints(config, trained, results)
+            say(f"lr selection kept {len(chosen)} of {len(plan.trials)} trials for the test splits")
+            to_test = chosen + [m for m in trained if m.trial is None]
+        results |= score_all(config, plan.splits, to_test)
         return record_results(config, plan, tracker, trained, failed, results)
     finally:
         ray.shutdown()

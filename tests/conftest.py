@@ -48,7 +48,9 @@ def make_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     return out_dir
 
 
-def write_mini_sweep(root: Path, model_dir: Path, **training: object) -> Path:
+def write_mini_sweep(
+    root: Path, model_dir: Path, select_lr_by: str | None = None, **training: object
+) -> Path:
     """A miniature sweep YAML: tiny model, 2 trials (smoothing 0 / 0.1), 3 splits of 4 questions."""
     import yaml
 
@@ -78,6 +80,7 @@ def write_mini_sweep(root: Path, model_dir: Path, **training: object) -> Path:
                 "mmlu_prox": {"languages": ["ja"], "limit": 4},
             },
             "max_batch_tokens": 1024,
+            "select_lr_by": select_lr_by,
         },
         "resources": {
             "cpus_per_worker": 0.9,

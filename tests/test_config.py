@@ -127,3 +127,8 @@ def test_shipped_sweeps_validate_and_plan() -> None:
     text = describe(full, plan)
     assert "trials: 108" in text and "base-model evaluations: 3" in text
     assert "effective batch 128" in text
+
+
+def test_lr_selection_metric_must_be_known(tmp_path: Path) -> None:
+    message = error_for(tmp_path, lambda d: d["evaluation"].update(select_lr_by="f1"))
+    assert "evaluation.select_lr_by: unknown metric 'f1'" in message and "accuracy" in message

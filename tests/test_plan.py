@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.config import load_config
-from orchestrator.plan import expand, split_size
+from orchestrator.plan import describe, expand, split_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +37,16 @@ def test_split_sizes_come_from_local_parquet_metadata() -> None:
     assert all(split_size(s) == 10 for s in splits)  # bundled sample has 40 > limit 10
     full = expand(load_config(ROOT / "sweeps" / "full.yaml")).splits
     assert split_size(full[0]) == 14042  # published size of a hub split
+
+
+def test_lr_selection_plans_dev_splits_and_reports_the_saving() -> None:
+    config = load_config(ROOT / "sweeps" / "full.yaml")
+    evaluation = config.evaluation.model_copy(update={"select_lr_by": "ece"})
+    selecting = config.model_copy(update={"evaluation": evaluation})
+    plan = expand(selecting)
+    assert plan.selected_trials == 27  # one lr per (model, dataset, smoothing)
+    assert {s.split for s in plan.dev_splits} == {"dev", "validation"}
+    text = describe(selecting, plan)
+    assert "then 27 selected checkpoints on the test splits" in text
+    assert "saving vs scoring every checkpoint" in text
+    assert expand(config).dev_splits == []

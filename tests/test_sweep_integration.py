@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    return write_mini_sweep(tmp_path_factory.mktemp("mini-sweep"), tiny_model_dir)
+    return write_mini_sweep(
+        tmp_path_factory.mktemp("mini-sweep"), tiny_model_dir, select_lr_by="accuracy"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,8 @@ def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -
                 for lang in [*langs, "mean"]:
                     assert math.isfinite(metrics[f"eval/{bench}/{lang}/{name}"])
         assert metrics["eval/global_mmlu/de/n_questions"] == 4
+        if run in trials:  # lr selection scored the trials on the dev splits first
+            assert math.isfinite(metrics["eval_dev/mmlu_prox/ja/accuracy"])
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"predictions.parquet", "split_metrics.csv", "reliability"} <= artifacts
     # training changed the weights, and smoothing changed them differently
@@ -71,6 +75,8 @@ def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
     out = capsys.readouterr().out
     assert "Summary" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert out.count("(exported model reused)") == 2
+    assert "scored 6 splits (6 from cache)" in out, out  # dev splits of the 2 trials
+    assert "lr selection kept 2 of 2 trials" in out
     assert "scored 9 splits (9 from cache)" in out, out
     client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mini")
