@@ -142,7 +142,10 @@ class ResourcesConfig(Strict):
 
     use_gpu: bool = False
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
-    cpus_per_trial_driver: Annotated[float, Field(gt=0)] = 0.1
+    # The Tune trial driver only waits on its Train run. At 0 CPUs, trial drivers that Tune
+    # restores all at once (it ignores max_concurrent_trials on restore, Ray issue 40652) cannot
+    # hold the CPUs their Train workers need.
+    cpus_per_trial_driver: Annotated[float, Field(ge=0)] = 0.0
     cpus_per_scoring_actor: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_scoring_actor: Annotated[float, Field(ge=0)] = 0.0
 

@@ -23,6 +23,7 @@ from orchestrator.tracking import SweepTracker
 from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
 
 TUNE_EXPERIMENT = "tune"
+TRIAL_DRIVER_MEMORY = 512 * 1024**2  # bytes reserved per CPU-less Tune trial driver
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,11 @@ def train_all(
     config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool, verbose: bool
 ) -> tuple[list[ScoredModel], dict[str, str]]:
     """Run (or resume) the Tune grid; returns the trained models and failed trials' errors."""
+    # Tune needs a non-empty resource request: a CPU-less driver reserves only memory.
+    driver_cpus = config.resources.cpus_per_trial_driver
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=config.model_dump()),
-        {"CPU": config.resources.cpus_per_trial_driver},
+        {"CPU": driver_cpus} if driver_cpus else {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     progress = TrialProgress(config, tracker, len(plan.trials))
     storage = config.sweep_dir / "ray"

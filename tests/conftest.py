@@ -84,7 +84,7 @@ def write_mini_sweep(
         },
         "resources": {
             "cpus_per_worker": 0.9,
-            "cpus_per_trial_driver": 0.1,
+            "cpus_per_trial_driver": 0.0,
             "cpus_per_scoring_actor": 1.0,
         },
     }
