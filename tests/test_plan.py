@@ -34,7 +34,7 @@ def test_split_sizes_come_from_local_parquet_metadata() -> None:
     config = load_config(ROOT / "sweeps" / "local.yaml")
     splits = expand(config).splits
     assert {s.benchmark for s in splits} == {"global_mmlu", "mmlu_prox"}
-    assert all(split_size(s) == 10 for s in splits)  # bundled sample has 40 > limit 10
+    assert all(split_size(s) == 8 for s in splits)  # bundled sample has 40 > limit 8
     full = expand(load_config(ROOT / "sweeps" / "full.yaml")).splits
     assert split_size(full[0]) == 14042  # published size of a hub split
 
