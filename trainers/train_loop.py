@@ -4,12 +4,27 @@ Every worker loads and tokenises the same seeded data and derives the same batch
 the global token count of each optimizer step is known on every rank without communication:
 the loss is scaled so that DeepSpeed's gradient averaging yields the exact token-mean over the
 whole effective batch (micro-batch x grad-accum x workers).
+
+Reports to Ray Train (rank 0's metrics are the run's): ``step``, ``total_steps``,
+``train/loss`` (token-mean over the effective batch, nats), ``train/lr`` (the rate this step
+used), ``train/tokens_per_s`` (non-padding tokens, all workers), ``train/step_s``,
+``train/padding_fraction``, ``train/loss_tokens`` (response tokens in the step),
+``train/grad_norm`` (before clipping, when DeepSpeed computes it), ``train/peak_rss_mb`` (this
+worker) and ``train/skipped_rows``; the first report after a resume adds `HISTORY_KEY`. The
+lr schedule is `lr_multiplier`; a NaN/inf loss ends the run without a retry (`_report_nonfinite`).
+Checkpoints: ``checkpoint_stepNNNNNN/deepspeed`` (resumable),
+``checkpoint_final/hf_model`` (the export), or, when the loss went non-finite, a
+``failed_nonfinite_*`` checkpoint holding only ``nonfinite_loss.json`` (see `exported_model_dir`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import resource
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,11 +35,24 @@ import ray.train
 import torch
 
 from trainers.loss import masked_label_smoothed_cross_entropy
-from trainers.sft_data import MalformedRow, collate, load_sft_conversations, tokenize_conversation
+from trainers.sft_data import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    collate,
+    length_grouped_batches,
+    load_sft_conversations,
+    tokenize_conversations,
+)
 
 HF_EXPORT_DIR = "hf_model"
 DS_STATE_DIR = "deepspeed"
-DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "dropout")
+FAILURE_FILE = "nonfinite_loss.json"
+# Result key of the first report after a resume: the JSON list of [step, {train/... metrics}]
+# reported up to the checkpoint, so a consumer can fill in steps whose results were lost.
+HISTORY_KEY = "resumed_history"
+# Config attributes that hold a dropout probability, across HF architectures (Llama, Mistral and
+# Gemma2: attention_dropout; GPT-2: attn_pdrop/resid_pdrop/embd_pdrop; BERT-style: *_dropout_prob).
+DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_rate", "dropout_prob")
 
 
 @dataclass(frozen=True)
@@ -51,192 +79,355 @@ class TrainSettings:
     precision: str = "bf16"
     log_every_steps: int = 1
     checkpoint_every_steps: int = 0
+    length_grouped: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/inf: retrying would train on garbage again, so the trial stops."""
+    """Training produced NaN/inf: retrying would train on garbage again, so the run stops."""
+
+    def __init__(self, step: int, value: float, quantity: str = "training loss") -> None:
+        super().__init__(
+            f"non-finite {quantity} {value} at optimizer step {step}; lower the learning rate "
+            "or check the data (the run stopped without retrying)"
+        )
+        self.step = step
+        self.value = value
+        self.quantity = quantity
+
+    def __reduce__(self) -> tuple[type, tuple[int, float, str]]:  # crosses Ray processes
+        return (self.__class__, (self.step, self.value, self.quantity))
 
 
-def deepspeed_config(s: TrainSettings, world_size: int, total_steps: int) -> dict[str, Any]:
-    """DeepSpeed's JSON config: AdamW, linear warm-up then linear decay, ZeRO stage, precision."""
+def warmup_steps(s: TrainSettings, total_steps: int) -> int:
+    """Warm-up length: the first ``warmup_ratio`` of the steps, at least one when the ratio > 0."""
+    return min(total_steps, math.ceil(s.warmup_ratio * total_steps))
+
+
+def lr_multiplier(step: int, warmup: int, total: int) -> float:
+    """Fraction of the peak learning rate used by 0-based optimizer ``step``.
+
+    The schedule is linear from 0 at the start to the peak after ``warmup`` steps, then linear
+    down to 0 at the end of step ``total``; each step uses its mean over the step, i.e. its value
+    at ``step + 0.5``. So no step trains at lr 0: DeepSpeed's WarmupDecayLR and HF's linear
+    schedule evaluate at ``step``, which gives the first step lr 0 (on a 10-step run with 2%
+    warm-up, a tenth of the training is wasted) and, decaying to 0, a last step barely moving.
+    """
+    t = step + 0.5
+    if t < warmup:
+        return t / warmup
+    if step >= total:  # the scheduler also steps after the last update
+        return 0.0
+    return (total - t) / (total - warmup)
+
+
+def zero_stage(s: TrainSettings, world_size: int) -> int:
+    """The ZeRO stage to run: as configured, except that stages 1-2 on a single worker become 0.
+
+    Stages 1-2 partition optimizer state and gradients across workers; with one worker there is
+    nothing to partition, only bookkeeping (it doubled the optimizer step on CPU), while stage 0
+    keeps the same fp32 master weights.
+    """
+    return 0 if world_size == 1 and s.zero_stage in (1, 2) else s.zero_stage
+
+
+def deepspeed_config(s: TrainSettings, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's JSON config: AdamW, clipping, ZeRO stage, precision (lr: `lr_multiplier`)."""
+    stage = zero_stage(s, world_size)
     return {
         "train_batch_size": s.micro_batch_size * s.grad_accum_steps * world_size,
         "train_micro_batch_size_per_gpu": s.micro_batch_size,
         "gradient_accumulation_steps": s.grad_accum_steps,
         "gradient_clipping": 1.0,
         "optimizer": {
-            # torch_adam: the torch implementation, no FusedAdam/CPUAdam JIT build on CPU.
             "type": "AdamW",
-            "params": {"lr": s.learning_rate, "weight_decay": s.weight_decay, "torch_adam": True},
-        },
-        "scheduler": {
-            "type": "WarmupDecayLR",
+            # torch_adam: torch's AdamW, no FusedAdam/CPUAdam JIT build on CPU; fused: its
+            # one-pass kernel (CPU and CUDA), ~30% faster than the per-op one on CPU.
             "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": s.learning_rate,
-                "warmup_num_steps": max(1, math.ceil(s.warmup_ratio * total_steps)),
-                "total_num_steps": total_steps,
-                "warmup_type": "linear",
+                "lr": s.learning_rate,
+                "weight_decay": s.weight_decay,
+                "torch_adam": True,
+                "fused": True,
             },
         },
         "bf16": {"enabled": s.precision == "bf16"},
         "fp16": {"enabled": s.precision == "fp16"},
         "zero_optimization": {
-            "stage": s.zero_stage,
-            "stage3_gather_16bit_weights_on_model_save": s.zero_stage == 3,
+            "stage": stage,
+            "stage3_gather_16bit_weights_on_model_save": stage == 3,
         },
         "steps_per_print": 10**9,  # progress goes through Ray, not DeepSpeed's stdout
-        "seed": s.seed,
     }
 
 
-def tokenize_examples(s: TrainSettings, tokenizer: Any) -> tuple[list[dict], dict[str, int]]:
+def tokenize_examples(
+    s: TrainSettings, tokenizer: Any
+) -> tuple[list[TokenizedExample], dict[str, int]]:
     """Load, convert and tokenise the SFT data; returns examples and skipped-row counts."""
     conversations, skipped = load_sft_conversations(
         s.sft_format, s.sft_source, s.max_samples, s.seed, s.on_malformed
     )
-    examples = []
-    for index, messages in enumerate(conversations):
-        try:
-            examples.append(tokenize_conversation(messages, tokenizer, s.max_seq_len))
-        except MalformedRow as err:
-            if s.on_malformed == "error":
-                raise ValueError(
-                    f"conversation {index}: {err}; set on_malformed: skip to drop such rows"
-                ) from err
-            skipped[err.reason] = skipped.get(err.reason, 0) + 1
+    examples, dropped = tokenize_conversations(
+        conversations, tokenizer, s.max_seq_len, s.on_malformed
+    )
+    for reason, count in dropped.items():
+        skipped[reason] = skipped.get(reason, 0) + count
     if not examples:
         raise ValueError(f"no usable SFT examples in {s.sft_source} (skipped: {skipped})")
     return examples, skipped
 
 
-def batch_schedule(n_examples: int, s: TrainSettings, world_size: int) -> list[list[int]]:
-    """Example indices per optimizer step (whole effective batches), seeded shuffle per epoch."""
+def batch_schedule(lengths: list[int], s: TrainSettings, world_size: int) -> list[list[int]]:
+    """Example indices of every optimizer step; the same on every rank (seeded, no messages).
+
+    Each epoch reshuffles with its own seed. With ``length_grouped`` the sequences of one step
+    have similar lengths (`length_grouped_batches` over whole effective batches), so its
+    micro-batches carry little padding, and the steps still come in a seeded random order.
+    Incomplete effective batches are dropped (every step has the same number of sequences); a
+    dataset smaller than one effective batch is repeated.
+    """
     per_step = s.micro_batch_size * s.grad_accum_steps * world_size
-    steps_per_epoch = max(1, n_examples // per_step)
-    total = s.max_steps or max(1, int(s.epochs * steps_per_epoch))
+    n = len(lengths)
+    total = s.max_steps or max(1, int(s.epochs * max(1, n // per_step)))
     schedule: list[list[int]] = []
     epoch = 0
     while len(schedule) < total:
-        order = list(range(n_examples))
-        random.Random(s.seed * 100_003 + epoch).shuffle(order)
-        order = (order * math.ceil(per_step / n_examples)) if n_examples < per_step else order
-        for start in range(0, len(order) - per_step + 1, per_step):
-            schedule.append(order[start : start + per_step])
+        pool = list(range(n)) * math.ceil(per_step / n)
+        seed = s.seed * 100_003 + epoch
+        if s.length_grouped:
+            grouped = length_grouped_batches([lengths[i] for i in pool], per_step, seed)
+            batches = [[pool[j] for j in batch] for batch in grouped]
+        else:
+            random.Random(seed).shuffle(pool)
+            batches = [pool[i : i + per_step] for i in range(0, len(pool), per_step)]
+        schedule += [batch for batch in batches if len(batch) == per_step]
         epoch += 1
     return schedule[:total]
 
 
-def train_func(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point: set up, resume, train, checkpoint, export."""
-    import deepspeed
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def rank_micro_batches(step_indices: list[int], s: TrainSettings, rank: int) -> list[list[int]]:
+    """This rank's grad-accum micro-batches of one step: micro-batch k goes to rank k % world.
 
-    s = TrainSettings(**config)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(s.seed)
-
-    tokenizer = AutoTokenizer.from_pretrained(s.model_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    examples, skipped = tokenize_examples(s, tokenizer)
-    schedule = batch_schedule(len(examples), s, world)
-
-    model_config = AutoConfig.from_pretrained(s.model_path)
-    for attribute in DROPOUT_ATTRIBUTES:
-        if hasattr(model_config, attribute):
-            setattr(model_config, attribute, s.dropout)
-    model = AutoModelForCausalLM.from_pretrained(
-        s.model_path, config=model_config, dtype=torch.float32
-    )
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(s, world, len(schedule)),
-    )
-    engine.train()
-
-    start_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            _, client_state = engine.load_checkpoint(str(Path(ckpt_dir) / DS_STATE_DIR))
-            start_step = int(client_state["step"])
-    if rank == 0:
-        print(
-            f"[calsweep] {len(examples)} examples (skipped {skipped}), {len(schedule)} steps of "
-            f"{len(schedule[0])} sequences on {world} workers, resuming at step {start_step}"
-        )
-
-    for step in range(start_step, len(schedule)):
-        started = time.perf_counter()
-        loss_sum, tokens, padded = _optimizer_step(
-            engine, s, examples, schedule[step], step, rank, world, pad_id
-        )
-        seconds = time.perf_counter() - started
-        done = step + 1
-        metrics = {
-            "step": done,
-            "train/loss": loss_sum / max(tokens, 1),
-            "train/lr": scheduler.get_last_lr()[0] if scheduler else s.learning_rate,
-            "train/tokens_per_s": padded / seconds,
-            "train/skipped_rows": float(sum(skipped.values())),
-            "total_steps": len(schedule),
-        }
-        is_last = done == len(schedule)
-        periodic = s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0
-        if is_last:
-            _report_final(engine, tokenizer, s, metrics, rank)
-        elif periodic:
-            _report_resumable(engine, metrics, done)
-        elif done % s.log_every_steps == 0:
-            ray.train.report(metrics)
-
-
-def _optimizer_step(engine, s, examples, step_indices, step, rank, world, pad_id):
-    """Run grad-accum micro-batches of this rank; returns global (loss sum, tokens, padded)."""
+    Consecutive slices of a length-sorted step, so each micro-batch pads to a similar width.
+    """
     micro = [
         step_indices[i : i + s.micro_batch_size]
         for i in range(0, len(step_indices), s.micro_batch_size)
     ]
-    global_tokens = sum(_label_tokens(examples[i]) for i in step_indices)
+    world = len(micro) // s.grad_accum_steps
+    return [micro[accum * world + rank] for accum in range(s.grad_accum_steps)]
+
+
+def loss_tokens(example: TokenizedExample) -> int:
+    """Tokens that carry loss (after the causal shift the first position never does)."""
+    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point: set up, resume, train, checkpoint, export.
+
+    Also runs in Ray Train local mode (``ScalingConfig(num_workers=0)``: one process, no cluster).
+    """
+    from transformers import AutoTokenizer
+
+    s = TrainSettings(**config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    owns_process_group = _ensure_process_group()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(s.model_path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        examples, skipped = tokenize_examples(s, tokenizer)
+        schedule = batch_schedule([len(e["input_ids"]) for e in examples], s, world)
+        total = len(schedule)
+        engine, dropout_attributes = _build_engine(s, world, total)
+        restored = _restore(engine)
+        if restored is None:  # the run already ended (export or non-finite loss): keep it
+            return
+        start_step, history = restored
+        replay = list(history) if start_step else None
+        if rank == 0:
+            print(
+                f"[calsweep] {len(examples)} examples (skipped {skipped}); {total} steps x "
+                f"{len(schedule[0])} sequences ({s.micro_batch_size} micro x "
+                f"{s.grad_accum_steps} accum x {world} workers); warm-up "
+                f"{warmup_steps(s, total)} steps; dropout {s.dropout} on "
+                f"{dropout_attributes or 'nothing (the architecture has none)'}; ZeRO-"
+                f"{zero_stage(s, world)} {s.precision}; starting at step {start_step}"
+            )
+        for step in range(start_step, total):
+            metrics = _train_step(engine, s, examples, schedule[step], step, total, pad_id)
+            metrics["train/skipped_rows"] = float(sum(skipped.values()))
+            failure = _nonfinite(metrics, s.precision)
+            if failure is not None:
+                _report_nonfinite(failure, metrics, rank)
+                return
+            done = step + 1
+            checkpoint_due = s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0
+            if done < total and not checkpoint_due and done % s.log_every_steps:
+                continue
+            if replay is not None:
+                metrics[HISTORY_KEY], replay = json.dumps(replay), None
+            history.append([done, {k: v for k, v in metrics.items() if k.startswith("train/")}])
+            if done == total:
+                _report_final(engine, tokenizer, metrics, rank)
+            elif checkpoint_due:
+                _report_resumable(engine, metrics, done, history)
+            else:
+                ray.train.report(metrics)
+    finally:
+        if owns_process_group:
+            torch.distributed.destroy_process_group()
+
+
+def _nonfinite(metrics: dict[str, Any], precision: str) -> NonFiniteLossError | None:
+    """The error to stop with, if the step's loss or (outside fp16) gradient norm is NaN/inf.
+
+    An infinite gradient norm makes DeepSpeed skip the update silently; with fp16 that is how
+    dynamic loss scaling works, with bf16/fp32 the run would keep exporting stale weights.
+    """
+    loss, norm = metrics["train/loss"], metrics.get("train/grad_norm")
+    if not math.isfinite(loss):
+        return NonFiniteLossError(metrics["step"], loss)
+    if norm is not None and precision != "fp16" and not math.isfinite(norm):
+        return NonFiniteLossError(metrics["step"], norm, "gradient norm")
+    return None
+
+
+def _train_step(engine, s, examples, step_indices, step, total, pad_id) -> dict[str, Any]:
+    """One optimizer step (0-based ``step``) and its metrics, global: the same on every rank."""
+    rank = torch.distributed.get_rank()
+    # Dropout masks depend on (seed, step, rank) only: a resumed run draws the same ones.
+    torch.manual_seed((s.seed * 1_000_003 + step) * 1_009 + rank)
+    started = time.perf_counter()
+    lr = engine.get_lr()[0]  # the rate this step's update uses
+    stats = _optimizer_step(engine, s, examples, step_indices, rank, pad_id)
+    seconds = time.perf_counter() - started
+    metrics = {
+        "step": step + 1,
+        "total_steps": total,
+        "train/loss": stats["loss_sum"] / max(stats["loss_tokens"], 1),
+        "train/lr": lr,
+        "train/tokens_per_s": stats["tokens"] / seconds,
+        "train/step_s": seconds,
+        "train/padding_fraction": 1.0 - stats["tokens"] / stats["padded_tokens"],
+        "train/loss_tokens": stats["loss_tokens"],
+        "train/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if engine.get_global_grad_norm() is not None:  # None where DeepSpeed does not compute it
+        metrics["train/grad_norm"] = float(engine.get_global_grad_norm())
+    return metrics
+
+
+def _optimizer_step(engine, s, examples, step_indices, rank, pad_id) -> dict[str, float]:
+    """Forward/backward this rank's micro-batches, then update unless the loss is non-finite.
+
+    Returns global sums over the effective batch (all ranks agree, so they stop together).
+    """
+    world = torch.distributed.get_world_size()
+    global_tokens = sum(loss_tokens(examples[i]) for i in step_indices)
     # DeepSpeed divides by grad-accum steps and averages over ranks; undo both so the gradient
     # is that of (sum of token losses over the whole effective batch) / global_tokens.
     scale = s.grad_accum_steps * world / global_tokens
-    local = torch.zeros(3, dtype=torch.float64)
-    for accum in range(s.grad_accum_steps):
-        batch = collate([examples[i] for i in micro[accum * world + rank]], pad_id)
+    local = torch.zeros(3, dtype=torch.float64)  # loss sum, real tokens, padded tokens
+    micro = rank_micro_batches(step_indices, s, rank)
+    for accum, indices in enumerate(micro):
+        batch = collate([examples[i] for i in indices], pad_id)
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss_sum, n_tokens = masked_label_smoothed_cross_entropy(
+        loss_sum, _ = masked_label_smoothed_cross_entropy(
             logits, batch["labels"], s.label_smoothing
         )
-        value = loss_sum.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"non-finite training loss {value} at optimizer step {step + 1} (rank {rank}, "
-                f"micro-batch {accum}); lower the learning rate or check the data"
-            )
         engine.backward(loss_sum * scale)
+        if accum < len(micro) - 1:
+            engine.step()  # only counts the micro-step: DeepSpeed updates at the boundary
+        real = float(batch["attention_mask"].sum())
+        local += torch.tensor([loss_sum.item(), real, float(batch["input_ids"].numel())])
+    # One small all-reduce per step (a sync point): the reported loss and the non-finite check
+    # are global, so every rank takes the same branch below.
+    torch.distributed.all_reduce(local)
+    if math.isfinite(local[0].item()):
         engine.step()
-        local += torch.tensor([value, float(n_tokens), float(batch["input_ids"].numel())])
+    return {
+        "loss_sum": local[0].item(),
+        "tokens": local[1].item(),
+        "padded_tokens": local[2].item(),
+        "loss_tokens": float(global_tokens),
+    }
+
+
+def _ensure_process_group() -> bool:
+    """Start a 1-process gloo group in Ray Train local mode (num_workers=0); True if started.
+
+    TorchTrainer workers already have one; DeepSpeed would otherwise look for MPI.
+    """
     if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(local)
-    return local[0].item(), local[1].item(), local[2].item()
+        return False
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine asserts it is set
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
+    return True
 
 
-def _label_tokens(example: dict) -> int:
-    """Tokens that carry loss (after the causal shift the first position never does)."""
-    return sum(1 for label in example["labels"][1:] if label != -100)
+def _build_engine(s: TrainSettings, world: int, total_steps: int) -> tuple[Any, list[str]]:
+    """Model with dropout set where the architecture has it, wrapped by DeepSpeed."""
+    import deepspeed
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(s.model_path)
+    dropout_attributes = [
+        key
+        for key, value in model_config.to_dict().items()
+        if key.endswith(DROPOUT_SUFFIXES) and type(value) in (int, float)
+    ]
+    original = {key: getattr(model_config, key) for key in dropout_attributes}
+    for key in dropout_attributes:
+        setattr(model_config, key, s.dropout)
+    model = AutoModelForCausalLM.from_pretrained(
+        s.model_path, config=model_config, dtype=torch.float32
+    )
+    warmup = warmup_steps(s, total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(s, world),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, warmup, total_steps)
+        ),
+    )
+    engine.train()
+    engine.module.config.update(original)  # the export keeps the base model's dropout values
+    return engine, dropout_attributes
 
 
-def _report_resumable(engine, metrics: dict[str, Any], step: int) -> None:
+def _restore(engine) -> tuple[int, list] | None:
+    """The step to start from and the reported history up to it: (0, []) for a fresh run, the
+    state of Ray Train's latest checkpoint, or None if that checkpoint ends the run (the final
+    export, or a non-finite-loss record)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as ckpt_dir:
+        if (Path(ckpt_dir) / HF_EXPORT_DIR).is_dir() or (Path(ckpt_dir) / FAILURE_FILE).is_file():
+            return None
+        loaded, client_state = engine.load_checkpoint(str(Path(ckpt_dir) / DS_STATE_DIR))
+    if loaded is None:  # DeepSpeed only logs a warning when it finds nothing to load
+        raise RuntimeError(f"no DeepSpeed state in checkpoint {checkpoint.path}")
+    return int(client_state["step"]), client_state["history"]
+
+
+def _report_resumable(engine, metrics: dict[str, Any], step: int, history: list) -> None:
     """Save DeepSpeed state (every rank its shard) and report it as one Ray Train checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(
-            str(Path(tmp) / DS_STATE_DIR), tag=f"step{step}", client_state={"step": step}
+            str(Path(tmp) / DS_STATE_DIR),
+            tag=f"step{step}",
+            client_state={"step": step, "history": history},
         )
         ray.train.report(
             metrics,
@@ -245,9 +436,9 @@ def _report_resumable(engine, metrics: dict[str, Any], step: int) -> None:
         )
 
 
-def _report_final(engine, tokenizer, s: TrainSettings, metrics: dict[str, Any], rank: int) -> None:
+def _report_final(engine, tokenizer, metrics: dict[str, Any], rank: int) -> None:
     """Export the trained model as a Hugging Face directory in the final checkpoint."""
-    if s.zero_stage == 3:  # a collective: every rank must take part
+    if engine.zero_optimization_stage() == 3:  # gathers the shards: every rank must take part
         state_dict = engine._zero3_consolidated_16bit_state_dict()
     else:
         state_dict = engine.module.state_dict() if rank == 0 else None
@@ -263,3 +454,47 @@ def _report_final(engine, tokenizer, s: TrainSettings, metrics: dict[str, Any], 
             checkpoint=checkpoint,
             checkpoint_dir_name="checkpoint_final",
         )
+
+
+def _report_nonfinite(error: NonFiniteLossError, metrics: dict[str, Any], rank: int) -> None:
+    """End the run with a terminal record instead of raising.
+
+    Ray Train V2 retries every worker exception up to ``FailureConfig.max_failures`` (its
+    DefaultFailurePolicy has no non-retryable user errors), and a retry would resume from the
+    last checkpoint and diverge again. So every rank returns normally after reporting a
+    checkpoint that holds only the error; `exported_model_dir` turns it into a
+    `NonFiniteLossError` on the driver, and the checkpoint's directory name carries step and
+    value for drivers that only look for ``hf_model/``.
+    """
+    quantity = error.quantity.replace(" ", "_")
+    name = f"failed_nonfinite_{quantity}_{error.value}_at_step{error.step:06d}"
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            record = {"step": error.step, "value": error.value, "quantity": error.quantity}
+            (Path(tmp) / FAILURE_FILE).write_text(json.dumps(record))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(
+            {**metrics, "error": str(error)},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=name,
+        )
+
+
+def exported_model_dir(result: Any) -> Path:
+    """The HF model directory of a finished `TorchTrainer` run (``result`` from ``fit()``).
+
+    Raises `NonFiniteLossError` (step, value) when the run stopped on a non-finite loss, and
+    RuntimeError when the run has no export.
+    """
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run at {result.path} reported no checkpoint")
+    root = Path(result.checkpoint.path)
+    if (root / FAILURE_FILE).is_file():
+        record = json.loads((root / FAILURE_FILE).read_text())
+        raise NonFiniteLossError(record["step"], record["value"], record["quantity"])
+    if not (root / HF_EXPORT_DIR / "config.json").is_file():
+        raise RuntimeError(f"no exported model in {root}")
+    return root / HF_EXPORT_DIR

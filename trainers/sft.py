@@ -1,0 +1,304 @@
+"""Train one SFT configuration on a local Ray instance: ``python -m trainers.sft --help``.
+
+The same DeepSpeed loop the sweep runs (`trainers.train_loop.train_func` in Ray Train workers),
+with one progress line per reported step (step, loss, tokens/s, ETA) and the exported Hugging
+Face model copied to ``--out``. Re-running the same command resumes from the run's latest
+checkpoint under ``--storage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+    UserCallback,
+)
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.queue import Empty, Queue
+
+from calsweep.models import resolve_model
+from trainers.sft_data import ADAPTERS
+from trainers.train_loop import (
+    NonFiniteLossError,
+    TrainSettings,
+    exported_model_dir,
+    train_func,
+    zero_stage,
+)
+
+
+class ForwardReports(UserCallback):
+    """Runs in the Ray Train controller: forwards rank 0's reported metrics to a Ray queue,
+    so the driver can show progress (and tests can read the whole trajectory)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint) -> None:
+        self.queue.put(dict(metrics[0]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainSettings("", "", "", 0.0, 0.0)  # the defaults, stated once in TrainSettings
+    p = argparse.ArgumentParser(
+        prog="python -m trainers.sft",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Fine-tune one model on one SFT dataset (DeepSpeed in Ray Train workers, "
+        "label-smoothed cross-entropy over response tokens) and export a Hugging Face directory.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="hub id, local HF directory, or "
+        "package:<module>/<file.gguf> (e.g. the offline SmolLM2 default)",
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="FORMAT:SOURCE",
+        help=f"FORMAT in {sorted(ADAPTERS)}; SOURCE is 'bundled' (the shipped "
+        "sample), a .json/.jsonl/.parquet file or a hub id, e.g. alpaca:bundled",
+    )
+    p.add_argument("--lr", type=float, required=True, help="peak learning rate (AdamW)")
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        required=True,
+        help="label smoothing beta in [0, 1]; 0 is plain cross-entropy",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for the exported model")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default: --epochs)")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the data")
+    p.add_argument("--max-samples", type=int, help="seeded subsample of valid conversations")
+    p.add_argument(
+        "--on-malformed",
+        choices=("skip", "error"),
+        default=d.on_malformed,
+        help="skip (and count) or fail on malformed rows",
+    )
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DeepSpeed ranks)")
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=0.9,
+        help="CPUs reserved per worker (below 1 leaves room for Ray's controller)",
+    )
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=d.micro_batch_size,
+        help="sequences per worker per forward pass",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=d.grad_accum_steps,
+        help="micro-batches per optimizer step (effective batch = micro x accum x workers)",
+    )
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=d.max_seq_len,
+        help="tokens per sequence (longer ones are right-truncated)",
+    )
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=d.warmup_ratio,
+        help="fraction of steps of linear warm-up before the linear decay",
+    )
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay")
+    p.add_argument(
+        "--dropout", type=float, default=d.dropout, help="dropout where the architecture has it"
+    )
+    p.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=d.zero_stage,
+        help="DeepSpeed ZeRO stage",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp16", "fp32"),
+        default=d.precision,
+        help="training precision (bf16 is ~3.5x faster than fp32 on recent CPUs)",
+    )
+    p.add_argument(
+        "--no-length-grouping",
+        action="store_true",
+        help="plain shuffled batches instead of length-grouped ones (more padding)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="data order, subsample, dropout")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every_steps,
+        help="steps between resumable DeepSpeed checkpoints (0: only the final one)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=1,
+        help="worker-group restarts from the latest checkpoint before giving up",
+    )
+    p.add_argument(
+        "--storage",
+        type=Path,
+        help="Ray Train storage (checkpoints); default: <out>.ray-train next to --out",
+    )
+    p.add_argument("--address", help="Ray cluster to join (default: start a local instance)")
+    p.add_argument("--verbose", action="store_true", help="show Ray, DeepSpeed and worker logs")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    fmt, sep, source = args.dataset.partition(":")
+    if not sep or fmt not in ADAPTERS or not source:
+        raise SystemExit(f"--dataset must be FORMAT:SOURCE with FORMAT in {sorted(ADAPTERS)}")
+    return TrainSettings(
+        model_path=resolve_model(args.model),
+        sft_format=fmt,
+        sft_source=source,
+        learning_rate=args.lr,
+        label_smoothing=args.smoothing,
+        seed=args.seed,
+        max_samples=args.max_samples,
+        on_malformed=args.on_malformed,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        micro_batch_size=args.micro_batch_size,
+        grad_accum_steps=args.grad_accum,
+        max_seq_len=args.max_seq_len,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        zero_stage=args.zero_stage,
+        precision=args.precision,
+        checkpoint_every_steps=args.checkpoint_every,
+        length_grouped=not args.no_length_grouping,
+    )
+
+
+def progress_line(metrics: dict[str, Any], eta_s: float) -> str:
+    """``step 3/10  loss 2.3456  lr 1.0e-04  412 tok/s  pad 4%  ETA 0:00:12``."""
+    eta = timedelta(seconds=round(eta_s))
+    return (
+        f"step {metrics['step']}/{metrics['total_steps']}  loss {metrics['train/loss']:.4f}  "
+        f"lr {metrics['train/lr']:.1e}  {metrics['train/tokens_per_s']:.0f} tok/s  "
+        f"pad {metrics['train/padding_fraction']:.0%}  ETA {eta}"
+    )
+
+
+def show_progress(queue: Queue, done: threading.Event) -> None:
+    """Print each report as it arrives; ETA from the wall time between reports (checkpoints
+    included), from the step's own time for the first one."""
+    first: tuple[float, int] | None = None
+    while not (done.is_set() and queue.empty()):
+        try:
+            metrics = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        now, step, remaining = time.monotonic(), metrics["step"], metrics["total_steps"]
+        remaining -= step
+        if first is None or step <= first[1]:  # a (re)started worker group restarts the clock
+            first = (now, step)
+            eta = metrics["train/step_s"] * remaining
+        else:
+            eta = (now - first[0]) / (step - first[1]) * remaining
+        if "error" in metrics:
+            print(f"step {step}: {metrics['error']}", flush=True)
+        else:
+            print(progress_line(metrics, eta), flush=True)
+
+
+def run_name(settings: TrainSettings, workers: int) -> str:
+    """Stable per configuration and worker count (ZeRO checkpoints are per rank), so the same
+    command finds and resumes its own run."""
+    key = {**settings.to_dict(), "workers": workers}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
+    return f"sft-{digest.hexdigest()[:12]}"
+
+
+def train(args: argparse.Namespace, settings: TrainSettings) -> Path:
+    """Fit on the connected Ray cluster with live progress; returns the exported model dir."""
+    storage = args.storage or args.out.with_name(args.out.name + ".ray-train")
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=settings.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=args.workers,
+            use_gpu=args.gpu,
+            resources_per_worker={"CPU": args.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend="nccl" if args.gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name(settings, args.workers),
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[ForwardReports(queue)],
+        ),
+    )
+    done = threading.Event()
+    printer = threading.Thread(target=show_progress, args=(queue, done), daemon=True)
+    printer.start()
+    try:
+        result = trainer.fit()
+    finally:
+        done.set()
+        printer.join()
+    return exported_model_dir(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    if args.address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
+    ray.init(
+        address=args.address,
+        log_to_driver=args.verbose,
+        logging_level=logging.INFO if args.verbose else logging.WARNING,
+    )
+    per_step = settings.micro_batch_size * settings.grad_accum_steps * args.workers
+    print(
+        f"training {args.model} on {args.dataset}: lr {args.lr:g}, smoothing {args.smoothing:g}, "
+        f"{args.workers} workers x {settings.micro_batch_size} x {settings.grad_accum_steps} "
+        f"accum = {per_step} sequences of <= {settings.max_seq_len} tokens per step, "
+        f"ZeRO-{zero_stage(settings, args.workers)} {settings.precision}",
+        flush=True,
+    )
+    try:
+        model_dir = train(args, settings)
+    except (NonFiniteLossError, TrainingFailedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
+    shutil.copytree(model_dir, args.out, dirs_exist_ok=True)
+    print(f"exported model: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
