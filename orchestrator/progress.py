@@ -6,6 +6,7 @@ reach it through Tune, and it logs them into the trial's child run as they arriv
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from orchestrator.config import SweepConfig
 from orchestrator.plan import TrialSpec
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import trial_from_tune_config
+from trainers.train_loop import HISTORY_KEY
 
 
 def say(message: str) -> None:
@@ -70,8 +72,14 @@ class TrialProgress(Callback):
         metrics = {
             k: v for k, v in result.items() if k.startswith("train/") and isinstance(v, int | float)
         }
-        if not result.get("reused"):
-            self.tracker.log_metrics(self._run_id(trial), metrics, step=step)
+        run_id = self._run_id(trial)
+        self.tracker.log_metrics(run_id, metrics, step=step)
+        # A worker resumed from a checkpoint replays the curve up to it (HISTORY_KEY), so steps
+        # whose results died with an interrupted driver still reach MLflow, once each.
+        logged = self.tracker.logged_steps(run_id, "train/loss")
+        for past_step, past in json.loads(result.get(HISTORY_KEY, "[]")):
+            if past_step not in logged:
+                self.tracker.log_metrics(run_id, past, step=past_step)
         name = trial_from_tune_config(trial.config, self.config.seed).run_name
         say(
             f"train {self.done}/{self.total} done | {name} step {step}/{result['total_steps']} "

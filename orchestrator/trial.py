@@ -19,7 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from calsweep.models import resolve_model
 from orchestrator.config import SweepConfig
 from orchestrator.plan import TrialSpec
-from trainers.train_loop import HF_EXPORT_DIR, TrainSettings, train_func
+from trainers.train_loop import HF_EXPORT_DIR, TrainSettings, exported_model_dir, train_func
 
 GRID_AXES = ("model", "sft_dataset", "learning_rate", "label_smoothing")
 FINAL_CHECKPOINT = "checkpoint_final"  # checkpoint_dir_name of the worker's final report
@@ -88,9 +88,9 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
         ),
     )
     result = trainer.fit()
-    model_dir = Path(result.checkpoint.path) / HF_EXPORT_DIR
+    model_dir = exported_model_dir(result)  # NonFiniteLossError names the step and the value
     if not is_complete_export(model_dir):
-        raise RuntimeError(f"trial {trial.run_name}: no exported model in {result.checkpoint.path}")
+        raise RuntimeError(f"trial {trial.run_name}: incomplete model export in {model_dir}")
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
     _finish(record_path, model_dir, final_metrics, reused=0)
 
