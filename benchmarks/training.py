@@ -125,7 +125,8 @@ def run_calsweep_ray(args: argparse.Namespace, grouped: bool) -> list[dict[str, 
     from trainers.train_loop import train_func
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a private instance even when another `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         with tempfile.TemporaryDirectory() as storage:

@@ -145,7 +145,8 @@ def test_dropout_is_set_where_the_architecture_has_it(tiny_model_dir: Path) -> N
 @pytest.fixture(scope="module")
 def ray_cluster():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    # "local": a private instance even when another `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
     ray.init(
-        address=args.address,
+        # "local": a private instance, even when a `ray start` cluster runs on this machine
+        address=args.address or "local",
         log_to_driver=args.verbose,
         logging_level=logging.INFO if args.verbose else logging.WARNING,
     )
