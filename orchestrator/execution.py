@@ -46,7 +46,7 @@ def init_ray(address: str | None, verbose: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     ray.init(
-        address=address,
+        address=address or "local",  # never join a `ray start` cluster by accident
         log_to_driver=verbose,
         logging_level=logging.INFO if verbose else logging.WARNING,
     )
