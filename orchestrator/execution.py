@@ -185,6 +185,7 @@ def score_all(
     config: SweepConfig, splits: list[EvalSplit], models: list[ScoredModel]
 ) -> dict[ResultKey, SplitResult]:
     """Score every model on every split (cached work is reused), keyed by ResultKey."""
+    settings = scoring_settings(config)
     items = []
     for model in models:
         digest = model_digest(model.path)
@@ -217,7 +218,7 @@ def score_all(
     resources = config.resources
     by_cache_key = score_work_items(
         items,
-        scoring_settings(config),
+        settings,
         config.sweep_dir / "score_cache",
         num_actors=config.evaluation.num_actors,
         cpus_per_actor=resources.cpus_per_scoring_actor,
@@ -225,7 +226,6 @@ def score_all(
         on_result=on_result,
     )
     say(f"scored {total} splits ({counter['cached']} from cache)")
-    settings = scoring_settings(config)
     return {
         (item.model_key, item.request.benchmark, item.request.language, item.request.split): (
             by_cache_key[item.cache_key(settings)]

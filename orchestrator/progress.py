@@ -76,10 +76,11 @@ class TrialProgress(Callback):
         self.tracker.log_metrics(run_id, metrics, step=step)
         # A worker resumed from a checkpoint replays the curve up to it (HISTORY_KEY), so steps
         # whose results died with an interrupted driver still reach MLflow, once each.
-        logged = self.tracker.logged_steps(run_id, "train/loss")
-        for past_step, past in json.loads(result.get(HISTORY_KEY, "[]")):
-            if past_step not in logged:
-                self.tracker.log_metrics(run_id, past, step=past_step)
+        if HISTORY_KEY in result:  # only then is MLflow asked what it already holds
+            logged = self.tracker.logged_steps(run_id, "train/loss")
+            for past_step, past in json.loads(result[HISTORY_KEY]):
+                if past_step not in logged:
+                    self.tracker.log_metrics(run_id, past, step=past_step)
         name = trial_from_tune_config(trial.config, self.config.seed).run_name
         say(
             f"train {self.done}/{self.total} done | {name} step {step}/{result['total_steps']} "
