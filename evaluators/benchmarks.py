@@ -117,6 +117,44 @@ def load_questions(
     """Questions of one split, in the source's order. `subjects` filters first; then `limit`
     keeps a seeded random subset (same seed -> same rows, original order kept)."""
     spec = get_benchmark(benchmark)
+    _check_language_and_split(spec, language, split)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of questions, got {limit}")
+    rows = _read_rows(spec, resolve_source(spec, source), language, split)
+    questions = [_to_question(spec, language, split, row) for row in rows]
+    if subjects is not None:
+        _check_subjects(spec, language, split, {q.subject for q in questions}, subjects)
+        questions = [q for q in questions if q.subject in set(subjects)]
+    if limit is not None and limit < len(questions):
+        keep = sorted(random.Random(seed).sample(range(len(questions)), limit))
+        questions = [questions[i] for i in keep]
+    return questions
+
+
+def check_split(
+    benchmark: str,
+    language: str,
+    split: str,
+    source: str = BUNDLED,
+    subjects: Sequence[str] | None = None,
+) -> None:
+    """Fail fast, before any training, when the source lacks the split or a subject: only the
+    subject column is read, nothing is parsed into questions."""
+    spec = get_benchmark(benchmark)
+    _check_language_and_split(spec, language, split)
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(resolve_source(spec, source), language, split=split)
+    except (ValueError, OSError) as err:  # missing config/split, unreachable hub, bad mirror
+        raise ValueError(
+            f"{spec.display_name} {language}/{split} cannot be loaded from {source!r}: {err}"
+        ) from err
+    if subjects is not None:
+        _check_subjects(spec, language, split, set(dataset.unique(spec.subject_column)), subjects)
+
+
+def _check_language_and_split(spec: BenchmarkSpec, language: str, split: str) -> None:
     if language not in spec.languages:
         allowed = ", ".join(spec.languages)
         raise ValueError(f"{spec.display_name} has no language {language!r}; allowed: {allowed}")
@@ -124,23 +162,17 @@ def load_questions(
         raise ValueError(
             f"{spec.display_name} has no split {split!r}; allowed: {', '.join(spec.splits)}"
         )
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of questions, got {limit}")
-    rows = _read_rows(spec, resolve_source(spec, source), language, split)
-    questions = [_to_question(spec, language, split, row) for row in rows]
-    if subjects is not None:
-        available = sorted({q.subject for q in questions})
-        unknown = sorted(set(subjects) - set(available))
-        if unknown:
-            raise ValueError(
-                f"{spec.display_name} {language}/{split} has no subject(s) {unknown}; "
-                f"available: {', '.join(available)}"
-            )
-        questions = [q for q in questions if q.subject in set(subjects)]
-    if limit is not None and limit < len(questions):
-        keep = sorted(random.Random(seed).sample(range(len(questions)), limit))
-        questions = [questions[i] for i in keep]
-    return questions
+
+
+def _check_subjects(
+    spec: BenchmarkSpec, language: str, split: str, available: set[str], wanted: Sequence[str]
+) -> None:
+    unknown = sorted(set(wanted) - available)
+    if unknown:
+        raise ValueError(
+            f"{spec.display_name} {language}/{split} has no subject(s) {unknown}; "
+            f"available: {', '.join(sorted(available))}"
+        )
 
 
 def _read_rows(spec: BenchmarkSpec, source: str, language: str, split: str) -> list[dict]:

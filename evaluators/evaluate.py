@@ -27,6 +27,11 @@ class SplitRequest:
     limit: int | None = None
     seed: int = 0
     num_fewshot: int = 0
+    subjects: tuple[str, ...] | None = None  # subject/category filter, None = all
+
+    def __post_init__(self) -> None:
+        if self.subjects is not None:  # JSON round trips turn the tuple into a list
+            object.__setattr__(self, "subjects", tuple(self.subjects))
 
 
 @dataclass
@@ -38,7 +43,8 @@ class SplitResult:
 
 
 def fewshot_examples(request: SplitRequest) -> list[tuple[str, tuple[str, ...], int]]:
-    """The first k questions of the dev/validation split, in a seeded order."""
+    """The first k questions of the dev/validation split (same subject filter), in a seeded
+    order."""
     if request.num_fewshot == 0:
         return []
     spec = get_benchmark(request.benchmark)
@@ -49,6 +55,7 @@ def fewshot_examples(request: SplitRequest) -> list[tuple[str, tuple[str, ...], 
         request.source,
         limit=request.num_fewshot,
         seed=request.seed,
+        subjects=request.subjects,
     )
     return [(q.question, q.options, q.answer_index) for q in dev]
 
@@ -64,6 +71,7 @@ def evaluate_split(
         request.source,
         limit=request.limit,
         seed=request.seed,
+        subjects=request.subjects,
     )
     shots = fewshot_examples(request)
     prompts = [format_prompt(q.question, q.options, shots) for q in questions]

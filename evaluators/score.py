@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BENCHMARK=SOURCE",
         help="hub id or local mirror per benchmark (default: the bundled sample)",
     )
+    parser.add_argument(
+        "--subjects",
+        nargs="+",
+        help="only these subjects (Global-MMLU) / categories (MMLU-ProX); default: all",
+    )
     parser.add_argument("--limit", type=int, help="questions per split (seeded subsample)")
     parser.add_argument("--seed", type=int, default=0, help="subsampling / few-shot seed")
     parser.add_argument(
@@ -103,7 +108,16 @@ def requests_for(args: argparse.Namespace) -> list[SplitRequest]:
         split = spec.test_split if args.split == "test" else spec.dev_split
         source = resolve_source(spec, sources.get(name, BUNDLED))
         requests += [
-            SplitRequest(name, lang, split, source, args.limit, args.seed, args.num_fewshot)
+            SplitRequest(
+                name,
+                lang,
+                split,
+                source,
+                args.limit,
+                args.seed,
+                args.num_fewshot,
+                tuple(args.subjects) if args.subjects else None,
+            )
             for lang in languages
             if lang in spec.languages or args.languages == ["all"]
         ]

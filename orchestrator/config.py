@@ -84,6 +84,7 @@ class BenchmarkEval(Strict):
     split: str | None = None  # default: the benchmark's test split
     languages: Literal["all"] | list[str] = "all"
     limit: PositiveInt | None = None  # questions per split, seeded subsample
+    subjects: list[str] | None = Field(default=None, min_length=1)  # subjects / categories
 
 
 class MetricsConfig(Strict):

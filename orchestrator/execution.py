@@ -198,6 +198,7 @@ def score_all(
                 s.limit,
                 config.seed,
                 config.evaluation.num_fewshot,
+                s.subjects,
             )
             items.append(WorkItem(model.key, model.path, digest, request))
     total = len(items)

@@ -65,6 +65,7 @@ class EvalSplit:
     split: str
     source: str
     limit: int | None
+    subjects: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,21 +99,32 @@ def expand(config: SweepConfig) -> Plan:
         languages = spec.languages if bench.languages == "all" else bench.languages
         split = bench.split or spec.test_split
         source = resolve_source(spec, bench.source)
-        splits += [EvalSplit(name, lang, split, source, bench.limit) for lang in languages]
+        subjects = tuple(bench.subjects) if bench.subjects else None
+        splits += [
+            EvalSplit(name, lang, split, source, bench.limit, subjects) for lang in languages
+        ]
         if config.evaluation.select_lr_by:
             dev_splits += [
-                EvalSplit(name, lang, spec.dev_split, source, bench.limit) for lang in languages
+                EvalSplit(name, lang, spec.dev_split, source, bench.limit, subjects)
+                for lang in languages
             ]
     return Plan(trials, base_models, splits, dev_splits)
 
 
 def split_size(item: EvalSplit) -> int:
-    """Questions in a split: read from parquet metadata for local data, else published sizes."""
+    """Questions in a split: counted in local parquet files, else the published sizes."""
     local = Path(item.source) / item.language
     files = sorted(local.glob(f"{item.split}-*.parquet")) if local.is_dir() else []
-    if files:
+    if files and item.subjects:
+        column = BENCHMARKS[item.benchmark].subject_column
+        wanted = set(item.subjects)
+        size = sum(
+            sum(value in wanted for value in pq.read_table(f, columns=[column])[column].to_pylist())
+            for f in files
+        )
+    elif files:
         size = sum(pq.read_metadata(f).num_rows for f in files)
-    else:
+    else:  # hub data: the whole split's size is an upper bound under a subject filter
         size = PUBLISHED_SPLIT_SIZES[(item.benchmark, item.split)]
     return min(size, item.limit) if item.limit else size
 

@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = expand(config)
     print(describe(config, plan), flush=True)
+    try:
+        check_data(plan, hub=not args.dry_run)  # a dry run stays offline
+    except ValueError as err:
+        print(f"error: {args.sweep}: evaluation.benchmarks: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         return 0
     summary = run_sweep(
@@ -84,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(summary)
     return 0
+
+
+def check_data(plan: Plan, *, hub: bool) -> None:
+    """Every split (and subject filter) to score exists in its source: a typo fails in seconds
+    instead of after hours of training. Hub sources are checked only when `hub` is set."""
+    from evaluators.benchmarks import check_split
+
+    for s in dict.fromkeys(plan.splits + plan.dev_splits):
+        if hub or Path(s.source).is_dir():
+            check_split(s.benchmark, s.language, s.split, s.source, s.subjects)
 
 
 def run_sweep(

@@ -18,6 +18,7 @@ from evaluators.benchmarks import (
     GLOBAL_MMLU,
     MMLU_PROX,
     Question,
+    check_split,
     get_benchmark,
     load_questions,
     resolve_source,
@@ -238,3 +239,16 @@ def test_bad_rows_fail_loudly_naming_the_sample(tmp_path, benchmark, split, bad_
     source = write_mirror(tmp_path, {split: [good, bad_row]})
     with pytest.raises(ValueError, match=message):
         load_questions(benchmark, "de", split, source=source)
+
+
+def test_check_split_fails_fast_on_missing_data(tmp_path):
+    source = write_mirror(tmp_path, {"test": [gmmlu_row("astronomy/test/0", list("abcd"), "A")]})
+    check_split("global_mmlu", "de", "test", source, subjects=["astronomy"])
+    with pytest.raises(ValueError, match=r"Global-MMLU fr/test cannot be loaded .*'fr' not found"):
+        check_split("global_mmlu", "fr", "test", source)
+    with pytest.raises(ValueError, match=r"de/dev cannot be loaded .*Unknown split \"dev\""):
+        check_split("global_mmlu", "de", "dev", source)
+    with pytest.raises(ValueError, match=r"no subject\(s\) \['law'\]; available: astronomy"):
+        check_split("global_mmlu", "de", "test", source, subjects=["law", "astronomy"])
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        check_split("global_mmlu", "de", "validation", source)

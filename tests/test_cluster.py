@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,12 +24,13 @@ from orchestrator.sweep import main
 # the killed worker but then stalled after training (under investigation, see issue 5).
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PORT = 6391
+BIN = Path(sys.executable).parent  # the venv's `ray` and `mlflow`, even when it is not on PATH
 MLFLOW_PORT = 5391
 
 
 def ray_cli(*args: str) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    subprocess.run(["ray", *args], check=True, env=env, capture_output=True, timeout=120)
+    subprocess.run([str(BIN / "ray"), *args], check=True, env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def two_node_cluster(tmp_path: Path):
         ray_cli("start", f"--address=127.0.0.1:{PORT}", "--num-cpus=2")
         yield f"127.0.0.1:{PORT}"
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def mlflow_server(tmp_path: Path):
     """`mlflow server` on loopback with a sqlite backend and proxied artifacts."""
     server = subprocess.Popen(
         [
-            "mlflow",
+            str(BIN / "mlflow"),
             "server",
             "--host",
             "127.0.0.1",

@@ -1,11 +1,18 @@
-"""Grid expansion and trial identity, without Ray."""
+"""Grid expansion, trial identity, split sizes and the data check, without Ray."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
+import ray
+import yaml
+
+from evaluators.benchmarks import load_questions
 from orchestrator.config import load_config
 from orchestrator.plan import describe, expand, split_size
+from orchestrator.sweep import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +57,28 @@ def test_lr_selection_plans_dev_splits_and_reports_the_saving() -> None:
     assert "then 27 selected checkpoints on the test splits" in text
     assert "saving vs scoring every checkpoint" in text
     assert expand(config).dev_splits == []
+
+
+def test_subject_filter_is_counted_in_the_plan() -> None:
+    config = load_config(ROOT / "sweeps" / "local.yaml")
+    bench = config.evaluation.benchmarks["global_mmlu"].model_copy(
+        update={"subjects": ["cldr_months"], "limit": None}
+    )
+    evaluation = config.evaluation.model_copy(update={"benchmarks": {"global_mmlu": bench}})
+    splits = expand(config.model_copy(update={"evaluation": evaluation})).splits
+    for s in splits[:3]:
+        expected = load_questions(s.benchmark, s.language, s.split, subjects=["cldr_months"])
+        assert s.subjects == ("cldr_months",) and split_size(s) == len(expected) > 0
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_missing_subject_fails_before_ray_starts(tmp_path: Path, dry_run: bool, capsys) -> None:
+    data = yaml.safe_load((ROOT / "sweeps" / "local.yaml").read_text())
+    data["evaluation"]["benchmarks"]["mmlu_prox"]["subjects"] = ["physics"]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(data))
+    started = time.monotonic()
+    assert main([str(sweep), "--output-dir", str(tmp_path), *(["--dry-run"] * dry_run)]) == 2
+    assert time.monotonic() - started < 60 and not ray.is_initialized()
+    error = capsys.readouterr().err
+    assert "evaluation.benchmarks: MMLU-ProX" in error and "no subject(s) ['physics']" in error

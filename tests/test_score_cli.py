@@ -63,3 +63,11 @@ def test_unknown_source_benchmark_is_a_clear_error(tmp_path: Path, capsys) -> No
     )
     assert code == 2
     assert "--source for ['mmlu_prox']" in capsys.readouterr().err
+
+
+def test_subject_filter(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_model_dir), "--out", str(out), "--languages", "sw"]
+    assert main([*args, "--benchmarks", "global_mmlu", "--subjects", "cldr_months"]) == 0
+    predictions = pl.read_parquet(out / "predictions.parquet")
+    assert set(predictions["subject"]) == {"cldr_months"} and predictions.height == 10
