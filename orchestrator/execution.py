@@ -137,6 +137,7 @@ def train_all(
             trainable, param_space=param_space, run_config=run_config, tune_config=tune_config
         )
     grid_results = tuner.fit()
+    tracker.flush()
 
     trained, failed = [], dict(progress.failed)
     for result in grid_results:

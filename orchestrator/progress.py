@@ -73,7 +73,7 @@ class TrialProgress(Callback):
             k: v for k, v in result.items() if k.startswith("train/") and isinstance(v, int | float)
         }
         run_id = self._run_id(trial)
-        self.tracker.log_metrics(run_id, metrics, step=step)
+        self.tracker.log_metrics(run_id, metrics, step=step, wait=False)
         # A worker resumed from a checkpoint replays the curve up to it (HISTORY_KEY), so steps
         # whose results died with an interrupted driver still reach MLflow, once each.
         if HISTORY_KEY in result:  # only then is MLflow asked what it already holds

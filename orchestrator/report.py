@@ -386,8 +386,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--results", type=Path, help="long results table (.csv or .parquet)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own)")
     parser.add_argument("--out", type=Path, help="output directory (default: ./report-<name>)")
-    parser.add_argument("--test", choices=TESTS, default="paired")
-    parser.add_argument("--select-lr-by", default="accuracy", metavar="METRIC")
+    parser.add_argument(
+        "--test",
+        choices=TESTS,
+        default="paired",
+        help="paired Student's t over languages (default), Welch's t, or Wilcoxon signed-rank",
+    )
+    parser.add_argument(
+        "--select-lr-by",
+        default="accuracy",
+        metavar="METRIC",
+        help="one lr per (model, dataset, smoothing): best mean of METRIC on the dev splits when "
+        "the table has them, else on test (default: accuracy)",
+    )
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level for Holm")
     return parser.parse_args(argv)
 

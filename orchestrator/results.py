@@ -124,7 +124,7 @@ def record_results(
     for path in report.values():
         tracker.log_artifact(parent, path, "report")
     tracker.finish(parent, failed=bool(failed))
-    return summary_text(table, failed, tracker.ui_command(), out, report["html"])
+    return summary_text(table, failed, tracker.ui_hint(), out, report["html"])
 
 
 def _record_model(
@@ -167,7 +167,7 @@ def _record_model(
 
 
 def summary_text(
-    table: pl.DataFrame, failed: dict[str, str], ui_command: str, out: Path, report: Path
+    table: pl.DataFrame, failed: dict[str, str], ui_hint: str, out: Path, report: Path
 ) -> str:
     """Per configuration and benchmark: mean accuracy and ECE over test languages."""
     means = (
@@ -200,6 +200,6 @@ def summary_text(
         "",
         f"results table: {out / RESULTS_FILE}",
         f"significance report: {report}",
-        f"compare runs: {ui_command}   (then open http://127.0.0.1:5000)",
+        f"compare runs: {ui_hint}",
     ]
     return "\n".join(lines)

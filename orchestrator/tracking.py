@@ -8,12 +8,14 @@ sweep logs into the runs it already has instead of creating duplicates.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 from orchestrator.config import SweepConfig
 
@@ -36,6 +38,8 @@ class SweepTracker:
 
     def __init__(self, config: SweepConfig) -> None:
         self.uri = tracking_uri(config)
+        # The summary says where the runs are; MLflow would print a link per finished run.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(self.uri)
         name = config.tracking.experiment or config.name
         experiment = self.client.get_experiment_by_name(name)
@@ -43,6 +47,7 @@ class SweepTracker:
             experiment.experiment_id if experiment else self.client.create_experiment(name)
         )
         self.experiment_name = name
+        self.pending: list[RunOperations] = []  # asynchronous logs not yet known to be stored
         sweep_dir = str(config.sweep_dir)
         self.parent_id = self._find_or_create(
             f"sweep:{config.name}", config.name, {KIND_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir}
@@ -72,16 +77,30 @@ class SweepTracker:
         for start in range(0, len(new), 100):
             self.client.log_batch(run_id, params=new[start : start + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        """Log finite values (NaN metrics, e.g. of an empty bin, are skipped, not stored)."""
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], step: int = 0, *, wait: bool = True
+    ) -> None:
+        """Log finite values (NaN metrics, e.g. of an empty bin, are skipped, not stored).
+        `wait=False` queues them in MLflow's background logger, so a Tune callback does not hold
+        up the trial loop for a round trip to a tracking server; `flush` waits for them."""
         now = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))
         ]
         for start in range(0, len(batch), 1000):
-            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+            operations = self.client.log_batch(
+                run_id, metrics=batch[start : start + 1000], synchronous=wait
+            )
+            if operations is not None:
+                self.pending.append(operations)
+
+    def flush(self) -> None:
+        """Wait until every queued log is stored (raises if one failed)."""
+        while self.pending:
+            self.pending.pop().wait()
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
+        self.flush()
         return {m.step for m in self.client.get_metric_history(run_id, key)}
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
@@ -91,7 +110,11 @@ class SweepTracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def finish(self, run_id: str, failed: bool = False) -> None:
+        self.flush()
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
-    def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.uri}"
+    def ui_hint(self) -> str:
+        """A tracking server is its own UI; a sqlite store needs `mlflow ui`."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"open {self.uri}/#/experiments/{self.experiment_id}"
+        return f"mlflow ui --backend-store-uri {self.uri}   (then open http://127.0.0.1:5000)"
