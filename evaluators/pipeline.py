@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from calsweep.storage import local_copy
 from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
 from evaluators.metrics import MetricConfig
 
@@ -87,7 +88,8 @@ def scoring_actor_class(settings: ScoringSettings, threads: int) -> type:
             for item_json, key in zip(batch["item"], batch["cache_key"], strict=True):
                 item = json.loads(item_json)
                 if item["model_path"] != self.loaded_path:
-                    model, tokenizer = load_model(item["model_path"], dtype=settings.dtype)
+                    local = local_copy(item["model_path"])  # a remote export: download once
+                    model, tokenizer = load_model(local, dtype=settings.dtype)
                     self.scorer = OptionScorer(
                         model, tokenizer, settings.mode, settings.max_batch_tokens
                     )

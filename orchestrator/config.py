@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
 
@@ -75,6 +76,8 @@ class TrainingConfig(Strict):
     log_every_steps: PositiveInt = 1
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0 = only the final checkpoint
     max_failures: Annotated[int, Field(ge=0)] = 1
+    # Micro-batches of similar-length sequences in a seeded order: less padding, same exact loss.
+    length_grouped: bool = True
 
 
 class BenchmarkEval(Strict):
@@ -159,6 +162,9 @@ class TrackingConfig(Strict):
 class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
+    # Ray Tune/Train checkpoints, exported models and trial records: a local or shared path, or
+    # a URI such as s3://bucket/prefix (default: <output_dir>/<name>/ray).
+    storage: str | None = None
     seed: int = 0
     models: dict[str, ModelSpec] = Field(min_length=1)
     sft_datasets: dict[str, SFTDatasetSpec] = Field(min_length=1)
@@ -183,6 +189,13 @@ class SweepConfig(Strict):
     @property
     def sweep_dir(self) -> Path:
         return Path(self.output_dir).expanduser().resolve() / self.name
+
+    @property
+    def storage_dir(self) -> str:
+        """This sweep's storage location (a local path or a URI)."""
+        if self.storage is None:
+            return str(self.sweep_dir / "ray")
+        return join(self.storage, self.name)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
@@ -249,12 +262,16 @@ def _resolve_paths(config: SweepConfig, base: Path) -> SweepConfig:
     evaluation = config.evaluation.model_copy(update={"benchmarks": benchmarks})
     # Absolute now: trial drivers and workers run in other working directories.
     output_dir = str(Path(config.output_dir).expanduser().resolve())
+    storage = config.storage
+    if storage is not None and not is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
     return config.model_copy(
         update={
             "models": models,
             "sft_datasets": datasets,
             "evaluation": evaluation,
             "output_dir": output_dir,
+            "storage": storage,
         }
     )
 

@@ -13,6 +13,7 @@ from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from calsweep.models import resolve_model
+from calsweep.storage import is_uri, join, local_copy
 from evaluators.evaluate import SplitRequest, SplitResult
 from evaluators.metrics import MetricConfig
 from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_work_items
@@ -56,12 +57,14 @@ def init_ray(address: str | None, verbose: bool) -> None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-def check_shared_storage(sweep_dir: Path) -> None:
-    """Fail fast when some node of a multi-node cluster cannot see the sweep's output directory
-    (checkpoints, exports and the score cache must be readable from every node)."""
+def check_shared_storage(storage: str) -> None:
+    """Fail fast when some node of a multi-node cluster cannot see the sweep's local storage
+    (checkpoints, exports and trial records must be readable from every node); object storage
+    (a URI) is reachable from every node by design."""
     nodes = [node for node in ray.nodes() if node["Alive"]]
-    if len(nodes) < 2:
+    if len(nodes) < 2 or is_uri(storage):
         return
+    sweep_dir = Path(storage)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     marker = sweep_dir / ".calsweep_shared_check"
     token = uuid.uuid4().hex
@@ -80,9 +83,9 @@ def check_shared_storage(sweep_dir: Path) -> None:
     blind = [address for address, ref in checks.items() if not ray.get(ref)]
     if blind:
         raise RuntimeError(
-            f"output directory {sweep_dir} is not visible from node(s) {', '.join(blind)}: on a "
+            f"sweep storage {sweep_dir} is not visible from node(s) {', '.join(blind)}: on a "
             "multi-node cluster use a shared filesystem path that every node mounts "
-            "(--output-dir /shared/calsweep)"
+            "(--output-dir /shared/calsweep) or object storage (--storage s3://bucket/prefix)"
         )
 
 
@@ -116,17 +119,16 @@ def train_all(
         {"CPU": driver_cpus} if driver_cpus else {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     progress = TrialProgress(config, tracker, len(plan.trials))
-    storage = config.sweep_dir / "ray"
     run_config = tune.RunConfig(
         name=TUNE_EXPERIMENT,
-        storage_path=str(storage),
+        storage_path=config.storage_dir,
         callbacks=[progress],
         verbose=1 if verbose else 0,
     )
-    experiment = storage / TUNE_EXPERIMENT
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    experiment = join(config.storage_dir, TUNE_EXPERIMENT)
+    if resume and tune.Tuner.can_restore(experiment):
         say(f"resuming the Tune experiment in {experiment}")
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
     else:
         grid = config.grid.model_dump()
         param_space = {axis: tune.grid_search(grid[axis]) for axis in GRID_AXES}
@@ -189,7 +191,7 @@ def score_all(
     settings = scoring_settings(config)
     items = []
     for model in models:
-        digest = model_digest(model.path)
+        digest = model_digest(local_copy(model.path))
         for s in splits:
             request = SplitRequest(
                 s.benchmark,

@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", help="override the YAML's output_dir")
     parser.add_argument(
+        "--storage",
+        help="override the YAML's storage: where checkpoints and exported models go (a shared "
+        "path, or a URI such as s3://bucket/prefix; default <output_dir>/<name>/ray)",
+    )
+    parser.add_argument(
         "--tracking-uri",
         help="override the MLflow tracking URI (default: sqlite in the sweep's output directory)",
     )
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict = {}
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
+    if args.storage:
+        overrides["storage"] = args.storage
     if args.tracking_uri:
         overrides["tracking"] = {"tracking_uri": args.tracking_uri}
     try:
@@ -118,7 +125,7 @@ def run_sweep(
 
     init_ray(address, verbose)
     try:
-        check_shared_storage(config.sweep_dir)
+        check_shared_storage(config.storage_dir)
         tracker = SweepTracker(config)
         say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
         trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)

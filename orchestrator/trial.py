@@ -1,14 +1,14 @@
 """The Ray Tune trial driver: one grid point -> a Ray Train DeepSpeed run -> an exported HF model.
 
-The Train run is named after the trial's config hash and stored under the sweep's storage, so a
-restored or re-run trial finds its Train snapshot and continues from the latest checkpoint. A
-trial whose model was already exported (recorded in `<sweep>/trials/<id>.json`) is not retrained.
+The Train run is named after the trial's config hash and stored under the sweep's storage (a
+local path or a URI), so a restored or re-run trial finds its Train snapshot and continues from the
+latest checkpoint. A trial whose model was already exported (recorded in
+`<storage>/trials/<id>.json`) is not retrained.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -17,6 +17,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calsweep.models import resolve_model
+from calsweep.storage import is_complete_export, join, read_text, write_text
 from orchestrator.config import SweepConfig
 from orchestrator.plan import TrialSpec
 from trainers.train_loop import HF_EXPORT_DIR, TrainSettings, exported_model_dir, train_func
@@ -46,8 +47,8 @@ def train_settings(config: SweepConfig, trial: TrialSpec) -> TrainSettings:
     )
 
 
-def trial_record_path(config: SweepConfig, trial_id: str) -> Path:
-    return config.sweep_dir / "trials" / f"{trial_id}.json"
+def trial_record_path(config: SweepConfig, trial_id: str) -> str:
+    return join(config.storage_dir, "trials", f"{trial_id}.json")
 
 
 def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
@@ -56,15 +57,15 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
     trial = trial_from_tune_config(tune_config, config.seed)
     trial_id = trial.trial_id(config)
     record_path = trial_record_path(config, trial_id)
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if is_complete_export(Path(record["model_dir"])):
+    record_text = read_text(record_path)
+    if record_text is not None:
+        record = json.loads(record_text)
+        if is_complete_export(record["model_dir"]):
             tune.report({**record["final_metrics"], "model_dir": record["model_dir"], "reused": 1})
             return
 
     # The Train run may have exported its model before the sweep driver died: reuse it.
-    train_run = config.sweep_dir / "ray" / f"train-{trial_id}"
-    final_export = train_run / FINAL_CHECKPOINT / HF_EXPORT_DIR
+    final_export = join(config.storage_dir, f"train-{trial_id}", FINAL_CHECKPOINT, HF_EXPORT_DIR)
     if is_complete_export(final_export):
         _finish(record_path, final_export, {}, reused=1)
         return
@@ -81,7 +82,7 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"train-{trial_id}",
-            storage_path=str(config.sweep_dir / "ray"),
+            storage_path=config.storage_dir,
             failure_config=FailureConfig(max_failures=config.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -95,29 +96,7 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
     _finish(record_path, model_dir, final_metrics, reused=0)
 
 
-def is_complete_export(model_dir: Path) -> bool:
-    """True for a fully written HF export: config, tokenizer, and weight files whose
-    safetensors headers fit their sizes (a truncated upload fails to open)."""
-    from safetensors import safe_open
-
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if not (model_dir / "config.json").is_file() or not weights:
-        return False
-    if not (model_dir / "tokenizer_config.json").is_file():
-        return False
-    try:
-        for path in weights:
-            with safe_open(str(path), framework="pt"):
-                pass
-    except Exception:  # safetensors raises its own error type for truncated files
-        return False
-    return True
-
-
-def _finish(record_path: Path, model_dir: Path, final_metrics: dict[str, float], reused: int):
+def _finish(record_path: str, model_dir: str, final_metrics: dict[str, float], reused: int):
     """Record the export (atomically: a record exists only for a complete export) and report."""
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"model_dir": str(model_dir), "final_metrics": final_metrics}))
-    tmp.replace(record_path)
-    tune.report({**final_metrics, "model_dir": str(model_dir), "reused": reused})
+    write_text(record_path, json.dumps({"model_dir": model_dir, "final_metrics": final_metrics}))
+    tune.report({**final_metrics, "model_dir": model_dir, "reused": reused})

@@ -10,6 +10,7 @@ import yaml
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.plan import describe, expand
+from orchestrator.trial import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = {
@@ -132,3 +133,14 @@ def test_shipped_sweeps_validate_and_plan() -> None:
 def test_lr_selection_metric_must_be_known(tmp_path: Path) -> None:
     message = error_for(tmp_path, lambda d: d["evaluation"].update(select_lr_by="f1"))
     assert "evaluation.select_lr_by: unknown metric 'f1'" in message and "accuracy" in message
+
+
+def test_training_section_reaches_the_worker_settings(tmp_path: Path) -> None:
+    data = copy.deepcopy(VALID)
+    data["training"] = {"length_grouped": False, "zero_stage": 3, "max_steps": 7}
+    config = load_config(write(tmp_path, data))
+    trial = expand(config).trials[0]
+    settings = train_settings(config, trial)
+    assert not settings.length_grouped and settings.zero_stage == 3 and settings.max_steps == 7
+    assert settings.label_smoothing == trial.label_smoothing
+    assert settings.model_path == str(tmp_path / "model")

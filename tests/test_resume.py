@@ -52,7 +52,7 @@ def second_trial_checkpointed(sweep_dir: Path) -> bool:
     runs = list((sweep_dir / "ray").glob("train-*"))
     unfinished = [r for r in runs if not (r / "checkpoint_final").exists()]
     return (
-        len(list((sweep_dir / "trials").glob("*.json"))) == 1
+        len(list((sweep_dir / "ray" / "trials").glob("*.json"))) == 1
         and len(unfinished) == 1
         and (unfinished[0] / "checkpoint_manager_snapshot.json").is_file()
     )
@@ -65,7 +65,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     sweep_dir = tmp_path / "runs" / "mini"
     # Kill once the second trial has registered a mid-run checkpoint.
     run_until([str(sweep)], tmp_path / "killed.log", lambda: second_trial_checkpointed(sweep_dir))
-    assert len(list((sweep_dir / "trials").glob("*.json"))) == 1  # only the first finished
+    assert len(list((sweep_dir / "ray" / "trials").glob("*.json"))) == 1  # only the first finished
 
     assert main([str(sweep), "--resume"]) == 0
     out = capsys.readouterr().out

@@ -1,16 +1,19 @@
-"""A complete miniature sweep through the CLI's code path: real Ray Tune + Train + DeepSpeed,
-Ray Data scoring, MLflow (sqlite); then the same command again reuses everything."""
+"""A complete miniature sweep through the CLI's code path: real Ray Tune + Train + DeepSpeed with
+checkpoints in S3 storage (a real S3 API, moto's server), Ray Data scoring, MLflow (sqlite); then
+the same command again reuses everything."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import ray
 from conftest import write_mini_sweep
 from mlflow.tracking import MlflowClient
 
+from calsweep.storage import filesystem, join
 from orchestrator.sweep import main
 
 pytestmark = pytest.mark.integration
@@ -24,10 +27,27 @@ def sweep_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(sweep_file: Path):
-    assert main([str(sweep_file)]) == 0
+def storage(s3_bucket: str) -> str:
+    return join(s3_bucket, "sweeps")
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(sweep_file: Path, storage: str):
+    assert main([str(sweep_file), "--storage", storage]) == 0
     assert not ray.is_initialized()  # the sweep shuts down what it started
     return sweep_file.parent / "runs" / "mini"
+
+
+def test_checkpoints_exports_and_records_live_in_object_storage(
+    finished_sweep: Path, storage: str
+) -> None:
+    fs, root = filesystem(join(storage, "mini"))
+    files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
+    exports = [f for f in files if f.endswith("checkpoint_final/hf_model/model.safetensors")]
+    assert len(exports) == 2  # one per trial
+    assert len([f for f in files if f.startswith(f"{root}/trials/")]) == 2
+    assert any(f.startswith(f"{root}/tune/") for f in files)
+    assert not (finished_sweep / "ray").exists()  # nothing trained went to the local directory
 
 
 def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -> None:
@@ -68,10 +88,10 @@ def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -
 
 
 def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
-    finished_sweep: Path, sweep_file: Path, capsys
+    finished_sweep: Path, sweep_file: Path, storage: str, capsys
 ) -> None:
     capsys.readouterr()
-    assert main([str(sweep_file)]) == 0
+    assert main([str(sweep_file), "--storage", storage]) == 0
     out = capsys.readouterr().out
     assert "Summary" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert out.count("(exported model reused)") == 2

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Empty, Queue
 
 from calsweep.models import resolve_model
+from calsweep.storage import copy_to_local, is_uri
 from trainers.sft_data import ADAPTERS
 from trainers.train_loop import (
     NonFiniteLossError,
@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--storage",
-        type=Path,
-        help="Ray Train storage (checkpoints); default: <out>.ray-train next to --out",
+        help="Ray Train storage (checkpoints): a path or a URI such as s3://bucket/prefix; "
+        "default: <out>.ray-train next to --out",
     )
     p.add_argument("--address", help="Ray cluster to join (default: start a local instance)")
     p.add_argument("--verbose", action="store_true", help="show Ray, DeepSpeed and worker logs")
@@ -238,9 +238,12 @@ def run_name(settings: TrainSettings, workers: int) -> str:
     return f"sft-{digest.hexdigest()[:12]}"
 
 
-def train(args: argparse.Namespace, settings: TrainSettings) -> Path:
-    """Fit on the connected Ray cluster with live progress; returns the exported model dir."""
-    storage = args.storage or args.out.with_name(args.out.name + ".ray-train")
+def train(args: argparse.Namespace, settings: TrainSettings) -> str:
+    """Fit on the connected Ray cluster with live progress; returns the exported model's
+    location (a path, or a URI under remote storage)."""
+    storage = args.storage or str(args.out.with_name(args.out.name + ".ray-train").resolve())
+    if not is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_func,
@@ -253,7 +256,7 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> Path:
         torch_config=TorchConfig(backend="nccl" if args.gpu else "gloo"),
         run_config=RunConfig(
             name=run_name(settings, args.workers),
-            storage_path=str(storage.resolve()),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[ForwardReports(queue)],
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         ray.shutdown()
-    shutil.copytree(model_dir, args.out, dirs_exist_ok=True)
+    copy_to_local(model_dir, args.out)
     print(f"exported model: {args.out}")
     return 0
 

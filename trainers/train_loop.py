@@ -34,6 +34,7 @@ from typing import Any
 import ray.train
 import torch
 
+from calsweep.storage import join, location_of, read_text
 from trainers.loss import masked_label_smoothed_cross_entropy
 from trainers.sft_data import (
     IGNORE_INDEX,
@@ -481,8 +482,9 @@ def _report_nonfinite(error: NonFiniteLossError, metrics: dict[str, Any], rank: 
         )
 
 
-def exported_model_dir(result: Any) -> Path:
-    """The HF model directory of a finished `TorchTrainer` run (``result`` from ``fit()``).
+def exported_model_dir(result: Any) -> str:
+    """The HF model directory of a finished `TorchTrainer` run (``result`` from ``fit()``): a
+    local path, or a URI when the run's storage is remote.
 
     Raises `NonFiniteLossError` (step, value) when the run stopped on a non-finite loss, and
     RuntimeError when the run has no export.
@@ -491,10 +493,11 @@ def exported_model_dir(result: Any) -> Path:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"training run at {result.path} reported no checkpoint")
-    root = Path(result.checkpoint.path)
-    if (root / FAILURE_FILE).is_file():
-        record = json.loads((root / FAILURE_FILE).read_text())
+    root = location_of(result.checkpoint.filesystem, result.checkpoint.path)
+    failure = read_text(join(root, FAILURE_FILE))
+    if failure is not None:
+        record = json.loads(failure)
         raise NonFiniteLossError(record["step"], record["value"], record["quantity"])
-    if not (root / HF_EXPORT_DIR / "config.json").is_file():
+    if read_text(join(root, HF_EXPORT_DIR, "config.json")) is None:
         raise RuntimeError(f"no exported model in {root}")
-    return root / HF_EXPORT_DIR
+    return join(root, HF_EXPORT_DIR)

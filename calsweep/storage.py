@@ -1,0 +1,135 @@
+"""Sweep storage that is a local directory or a remote URI (`s3://bucket/prefix`, `gs://...`).
+
+Ray Tune/Train checkpoints, exported models and trial records live in the sweep's storage. On a
+cluster without a shared filesystem that is object storage; every node reaches it through
+`pyarrow.fs` (the same layer Ray Train uses, so credentials and endpoints come from the usual
+environment, e.g. AWS_ENDPOINT_URL). Code that needs a model on local disk asks `local_copy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from calsweep.models import cache_root
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def join(location: str, *parts: str) -> str:
+    if is_uri(location):
+        return "/".join([location.rstrip("/"), *parts])
+    return str(Path(location, *parts))
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a location and the location's path inside it."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def location_of(fs: pafs.FileSystem, path: str) -> str:
+    """The location (local path or URI) of `path` inside a pyarrow filesystem, e.g. of a Ray
+    Train checkpoint (`checkpoint.filesystem`, `checkpoint.path`)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return path
+    scheme = {"s3": "s3", "gcs": "gs"}.get(fs.type_name)
+    if scheme is None:
+        raise ValueError(f"unsupported storage filesystem {fs.type_name!r} (use s3:// or gs://)")
+    return f"{scheme}://{path}"
+
+
+def read_text(location: str) -> str | None:
+    """A file's text, or None when it does not exist."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(location: str, text: str) -> None:
+    """Write so that readers see the old file or the whole new one, never a part: a temporary
+    file renamed into place locally; object stores publish an object only once it is complete."""
+    if is_uri(location):
+        fs, path = filesystem(location)
+        with fs.open_output_stream(path) as stream:
+            stream.write(text.encode())
+        return
+    target = Path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+
+
+def is_complete_export(location: str) -> bool:
+    """True for a fully written HF model directory: config, tokenizer config, and safetensors
+    files whose sizes match their headers (a truncated copy or upload does not)."""
+    fs, root = filesystem(location)
+    files = {
+        info.base_name: info.size
+        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if info.type == pafs.FileType.File
+    }
+    weights = [name for name in files if name.endswith(".safetensors")]
+    if "config.json" not in files or "tokenizer_config.json" not in files or not weights:
+        return False
+    return all(_safetensors_size(fs, f"{root}/{name}") == files[name] for name in weights)
+
+
+def _safetensors_size(fs: pafs.FileSystem, path: str) -> int | None:
+    """The size a safetensors file must have: 8 + header length + end of the last tensor."""
+    with fs.open_input_file(path) as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return None
+        (header_len,) = struct.unpack("<Q", prefix)
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return None
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    return 8 + header_len + max(ends, default=0)
+
+
+def copy_to_local(location: str, destination: Path) -> None:
+    """Copy a directory (local or remote) into a local directory, created if missing."""
+    fs, path = filesystem(location)
+    destination.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(destination), source_filesystem=fs)
+
+
+def local_copy(location: str) -> str:
+    """A local directory with the content of `location`: itself when local, else a copy in the
+    node's cache, downloaded once per version of the remote files (names, sizes and modification
+    times key the copy) and renamed into place when complete."""
+    if not is_uri(location):
+        return location
+    fs, root = filesystem(location)
+    listing = sorted(
+        (info.path, info.size, str(info.mtime))
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        if info.type == pafs.FileType.File
+    )
+    if not listing:
+        raise FileNotFoundError(f"{location} holds no files")
+    key = hashlib.sha256(json.dumps([location, listing]).encode()).hexdigest()[:20]
+    target = cache_root() / "remote" / key
+    if not target.is_dir():
+        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+        copy_to_local(location, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process on this node finished the same copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
