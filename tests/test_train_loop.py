@@ -127,16 +127,35 @@ def test_nonfinite_error_survives_pickling_with_step_and_value() -> None:
     assert "non-finite training loss inf at optimizer step 7" in str(err)
 
 
-def test_dropout_is_set_where_the_architecture_has_it(tiny_model_dir: Path) -> None:
-    owns = _ensure_process_group()  # DeepSpeed needs a (1-process) group
-    try:
-        engine, attributes = _build_engine(settings(tiny_model_dir, dropout=0.1), 1, 10)
-    finally:
-        if owns:
-            torch.distributed.destroy_process_group()
+@pytest.fixture(scope="module")
+def process_group():
+    """A 1-process group for in-process DeepSpeed engines, shared: DeepSpeed keeps a reference
+    to the first group it sees, so a test must not destroy it under the next one."""
+    owns = _ensure_process_group()
+    yield
+    if owns:
+        torch.distributed.destroy_process_group()
+
+
+def test_dropout_is_set_where_the_architecture_has_it(tiny_model_dir: Path, process_group) -> None:
+    engine, attributes = _build_engine(settings(tiny_model_dir, dropout=0.1), 1, 10)
     assert attributes == ["attention_dropout"]  # Llama: attention only, no hidden dropout
     assert engine.module.model.layers[0].self_attn.attention_dropout == 0.1
     assert engine.module.config.attention_dropout == 0.0  # exported as the base model had it
+
+
+def test_zero3_loads_each_weight_partitioned_with_the_checkpoint_values(
+    tiny_model_dir: Path, process_group
+) -> None:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    engine, _ = _build_engine(settings(tiny_model_dir, zero_stage=3), 1, 10)
+    assert all(p.numel() == 0 for p in engine.module.parameters())  # partitioned (ds_shape)
+    loaded = engine._zero3_consolidated_16bit_state_dict()  # fp32 here: gathers exactly
+    assert not is_deepspeed_zero3_enabled()  # later from_pretrained calls load whole models
+    initial = parameters(tiny_model_dir)
+    for name, value in initial.items():
+        torch.testing.assert_close(loaded[name], value, rtol=0, atol=0, msg=name)
 
 
 # --- real Ray Train runs ----------------------------------------------------------------------

@@ -379,6 +379,7 @@ def _build_engine(s: TrainSettings, world: int, total_steps: int) -> tuple[Any, 
     """Model with dropout set where the architecture has it, wrapped by DeepSpeed."""
     import deepspeed
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
 
     model_config = AutoConfig.from_pretrained(s.model_path)
     dropout_attributes = [
@@ -389,14 +390,20 @@ def _build_engine(s: TrainSettings, world: int, total_steps: int) -> tuple[Any, 
     original = {key: getattr(model_config, key) for key in dropout_attributes}
     for key in dropout_attributes:
         setattr(model_config, key, s.dropout)
+    ds_config = deepspeed_config(s, world)
+    # Under ZeRO-3, while this object lives, from_pretrained loads inside deepspeed.zero.Init:
+    # each weight is partitioned as it is read, so no worker ever holds the whole model (an 8B
+    # model in fp32 is 32 GB per worker otherwise).
+    zero3_loading = HfDeepSpeedConfig(ds_config) if zero_stage(s, world) == 3 else None
     model = AutoModelForCausalLM.from_pretrained(
         s.model_path, config=model_config, dtype=torch.float32
     )
+    del zero3_loading  # later from_pretrained calls in this process load whole models again
     warmup = warmup_steps(s, total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(s, world),
+        config=ds_config,
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, warmup, total_steps)
         ),
