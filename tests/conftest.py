@@ -3,6 +3,7 @@ real S3 endpoint (moto's server) on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -114,28 +115,43 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
+BIN = Path(sys.executable).parent  # the venv's console scripts, even when it is not on PATH
+
+
+@contextlib.contextmanager
+def http_server(command: list[str], health_url: str) -> Iterator[None]:
+    """Run a server process (own session) until `health_url` answers; stop it afterwards."""
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(health_url, timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None, f"{command[0]} exited with {server.returncode}"
+            assert time.monotonic() < deadline, f"{command[0]} did not answer {health_url}"
+            time.sleep(0.3)
+    try:
+        yield
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def s3_bucket() -> Iterator[str]:
     """`s3://calsweep`: a bucket on a moto S3 server process; the AWS_* environment points pyarrow,
     Ray and every Ray worker started afterwards at it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "moto server down"
-            time.sleep(0.3)
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -144,17 +160,17 @@ def s3_bucket() -> Iterator[str]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    import boto3
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with http_server(command, f"{endpoint}/moto-api/"):
+        os.environ.update(env)
+        import boto3
 
-    boto3.client("s3").create_bucket(Bucket="calsweep")
-    try:
-        yield "s3://calsweep"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        boto3.client("s3").create_bucket(Bucket="calsweep")
+        try:
+            yield "s3://calsweep"
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -8,15 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import write_mini_sweep
+from conftest import BIN, free_port, http_server, write_mini_sweep
 from mlflow.tracking import MlflowClient
 
 from orchestrator.execution import TUNE_EXPERIMENT
@@ -25,8 +24,6 @@ from trainers.train_loop import HISTORY_KEY
 
 pytestmark = pytest.mark.integration
 PORT = 6391
-BIN = Path(sys.executable).parent  # the venv's `ray` and `mlflow`, even when it is not on PATH
-MLFLOW_PORT = 5391
 
 
 def ray_cli(*args: str) -> None:
@@ -53,41 +50,25 @@ def two_node_cluster(tmp_path: Path):
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path):
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server` on loopback with a sqlite backend and proxied artifacts."""
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(MLFLOW_PORT),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{MLFLOW_PORT}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server down"
-            time.sleep(0.5)
-    try:
+    uri = f"http://127.0.0.1:{free_port()}"
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        uri.rsplit(":", 1)[1],
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    with http_server(command, f"{uri}/health"):
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def kill_workers_after_a_checkpoint(sweep_dir: Path, killed: list[int]) -> None:
