@@ -118,7 +118,7 @@ def local_copy(location: str) -> str:
     fs, root = filesystem(location)
     listing = sorted(
         (info.path, info.size, str(info.mtime))
-        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
         if info.type == pafs.FileType.File
     )
     if not listing:

@@ -19,6 +19,9 @@ EPILOG = """examples:
   python -m orchestrator.sweep sweeps/local.yaml             # offline sweep on this machine
   python -m orchestrator.sweep sweeps/full.yaml --dry-run    # print the study's plan, start nothing
   python -m orchestrator.sweep sweeps/full.yaml --address auto --resume   # continue on a cluster
+
+exit status: 0 every trial trained and scored; 1 some trials failed (the rest are scored and
+recorded); 2 the sweep file or its data is wrong (nothing started)
 """
 
 
@@ -91,10 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return 0
-    summary = run_sweep(
+    summary, failed = run_sweep(
         config, plan, address=args.address, resume=args.resume, verbose=args.verbose
     )
     print(summary)
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(plan.trials)} trials failed (errors above and in their "
+            "MLflow runs); the others were scored. After a fix, rerun with --resume: finished "
+            "work is reused and failed trials are retried.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -115,8 +126,8 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     verbose: bool = False,
-) -> str:
-    """Train, score and record one sweep; returns the printed summary."""
+) -> tuple[str, list[str]]:
+    """Train, score and record one sweep; returns the summary and the failed trials' names."""
     import ray
 
     from orchestrator.execution import check_shared_storage, init_ray, score_all, train_all
@@ -136,7 +147,7 @@ def run_sweep(
             say(f"lr selection kept {len(chosen)} of {len(plan.trials)} trials for the test splits")
             to_test = chosen + [m for m in trained if m.trial is None]
         results |= score_all(config, plan.splits, to_test)
-        return record_results(config, plan, tracker, trained, failed, results)
+        return record_results(config, plan, tracker, trained, failed, results), list(failed)
     finally:
         ray.shutdown()
 

@@ -59,9 +59,14 @@ def make_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
 
 
 def write_mini_sweep(
-    root: Path, model_dir: Path, select_lr_by: str | None = None, **training: object
+    root: Path,
+    model_dir: Path,
+    select_lr_by: str | None = None,
+    learning_rates: tuple[float, ...] = (1e-3,),
+    **training: object,
 ) -> Path:
-    """A miniature sweep YAML: tiny model, 2 trials (smoothing 0 / 0.1), 3 splits of 4 questions."""
+    """A miniature sweep YAML: tiny model, 2 trials per lr (smoothing 0 / 0.1), 3 splits of 4
+    questions."""
     import yaml
 
     sweep = {
@@ -70,7 +75,7 @@ def write_mini_sweep(
         "models": {"tiny": {"source": str(model_dir)}},
         "sft_datasets": {"tulu-sample": {"format": "tulu", "source": "bundled", "max_samples": 32}},
         "grid": {
-            "learning_rate": [1e-3],
+            "learning_rate": list(learning_rates),
             "label_smoothing": [0.0, 0.1],
             "model": ["tiny"],
             "sft_dataset": ["tulu-sample"],
