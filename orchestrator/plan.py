@@ -136,7 +136,8 @@ def describe(config: SweepConfig, plan: Plan) -> str:
     n_models = plan.selected_trials + len(plan.base_models)
     per_model_tokens = _tokens(questions)
     lines = [
-        f"sweep {config.name!r} -> {config.sweep_dir}",
+        f"sweep {config.name!r} -> {config.sweep_dir}"
+        + (f" (checkpoints and exports in {config.storage_dir})" if config.storage else ""),
         f"trials: {len(plan.trials)} "
         f"({' x '.join(str(len(v)) for v in config.grid.model_dump().values())} grid: "
         f"{' x '.join(config.grid.model_dump())})",

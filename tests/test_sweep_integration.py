@@ -94,6 +94,7 @@ def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
     assert main([str(sweep_file), "--storage", storage]) == 0
     out = capsys.readouterr().out
     assert "Summary" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert f"(checkpoints and exports in {storage}/mini)" in out
     assert out.count("(exported model reused)") == 2
     assert "scored 6 splits (6 from cache)" in out, out  # dev splits of the 2 trials
     assert "lr selection kept 2 of 2 trials" in out
