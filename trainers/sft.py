@@ -241,7 +241,7 @@ def run_name(settings: TrainSettings, workers: int) -> str:
 def train(args: argparse.Namespace, settings: TrainSettings) -> str:
     """Fit on the connected Ray cluster with live progress; returns the exported model's
     location (a path, or a URI under remote storage)."""
-    storage = args.storage or str(args.out.with_name(args.out.name + ".ray-train").resolve())
+    storage = args.storage or str(args.out.with_name(args.out.name + ".ray-train"))
     if not is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
     queue = Queue(actor_options={"num_cpus": 0})
