@@ -1,5 +1,5 @@
 """The sweep driver is killed mid-sweep; `--resume` completes it without rerunning finished work
-and without duplicate MLflow runs."""
+and without duplicate MLflow runs, with the sweep's storage on local disk and in S3 (moto)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import pyarrow.fs as pafs
 import pytest
 from conftest import write_mini_sweep
 from mlflow.tracking import MlflowClient
 
+from calsweep.storage import filesystem, join
 from orchestrator.sweep import main
 
 pytestmark = pytest.mark.integration
@@ -47,27 +49,46 @@ def run_until(args: list[str], log: Path, ready: Callable[[], bool], timeout: fl
         proc.wait()
 
 
-def second_trial_checkpointed(sweep_dir: Path) -> bool:
+def storage_files(storage: str) -> list[str]:
+    """Paths under the sweep's storage (local or S3), relative to it."""
+    fs, root = filesystem(storage)
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    return [info.path.removeprefix(root + "/") for info in fs.get_file_info(selector)]
+
+
+def second_trial_checkpointed(storage: str) -> bool:
     """One trial exported, the other has a mid-run checkpoint and no final export yet."""
-    runs = list((sweep_dir / "ray").glob("train-*"))
-    unfinished = [r for r in runs if not (r / "checkpoint_final").exists()]
+    files = storage_files(storage)
+    runs = {f.split("/")[0] for f in files if f.startswith("train-")}
+    unfinished = [r for r in runs if f"{r}/checkpoint_final" not in files]
+    records = [f for f in files if f.startswith("trials/") and f.endswith(".json")]
     return (
-        len(list((sweep_dir / "ray" / "trials").glob("*.json"))) == 1
+        len(records) == 1
         and len(unfinished) == 1
-        and (unfinished[0] / "checkpoint_manager_snapshot.json").is_file()
+        and f"{unfinished[0]}/checkpoint_manager_snapshot.json" in files
     )
 
 
+@pytest.mark.parametrize("remote", [False, True], ids=["local-storage", "s3-storage"])
 def test_killed_driver_resumes_without_rerunning_or_duplicating(
-    tmp_path: Path, tiny_model_dir: Path, capsys
+    tmp_path: Path, tiny_model_dir: Path, remote: bool, request, capsys
 ) -> None:
     sweep = write_mini_sweep(tmp_path, tiny_model_dir, max_steps=8, checkpoint_every_steps=2)
     sweep_dir = tmp_path / "runs" / "mini"
+    storage_args, storage = [], str(sweep_dir / "ray")
+    if remote:
+        root = join(request.getfixturevalue("s3_bucket"), f"resume-{tmp_path.name}")
+        storage_args, storage = ["--storage", root], join(root, "mini")
     # Kill once the second trial has registered a mid-run checkpoint.
-    run_until([str(sweep)], tmp_path / "killed.log", lambda: second_trial_checkpointed(sweep_dir))
-    assert len(list((sweep_dir / "ray" / "trials").glob("*.json"))) == 1  # only the first finished
+    run_until(
+        [str(sweep), *storage_args],
+        tmp_path / "killed.log",
+        lambda: second_trial_checkpointed(storage),
+    )
+    finished = [f for f in storage_files(storage) if f.startswith("trials/")]
+    assert len(finished) == 1  # only the first trial finished
 
-    assert main([str(sweep), "--resume"]) == 0
+    assert main([str(sweep), "--resume", *storage_args]) == 0
     out = capsys.readouterr().out
     assert "resuming the Tune experiment" in out, out
     assert not re.search(r"ls=0 step", out), out  # the finished trial is not retrained
