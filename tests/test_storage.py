@@ -67,12 +67,21 @@ def test_export_completeness_follows_the_safetensors_header(
     assert not is_complete_export(join(s3_bucket, "exports", "missing"))
 
 
-def test_remote_export_is_copied_once_per_node(
-    tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, monkeypatch
-) -> None:
+@pytest.fixture
+def remote_export(
+    tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, monkeypatch, request
+) -> str:
+    """The tiny model uploaded under a prefix of its own; this node's cache inside tmp_path."""
     monkeypatch.setenv("CALSWEEP_CACHE", str(tmp_path / "cache"))
-    remote = join(s3_bucket, "exports", "copied")
+    remote = join(s3_bucket, "exports", request.node.name)
     upload(tiny_model_dir, remote)
+    return remote
+
+
+def test_remote_export_is_copied_once_per_node(
+    tmp_path: Path, tiny_model_dir: Path, remote_export: str
+) -> None:
+    remote = remote_export
     local = Path(local_copy(remote))
     assert local.is_relative_to(tmp_path / "cache")
     for original in tiny_model_dir.iterdir():
@@ -93,12 +102,8 @@ def test_location_of_a_checkpoint_filesystem(s3_bucket: str) -> None:
     assert location_of(pafs.LocalFileSystem(), "/tmp/x") == "/tmp/x"
 
 
-def test_a_changed_remote_export_is_copied_again(
-    tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, monkeypatch
-) -> None:
-    monkeypatch.setenv("CALSWEEP_CACHE", str(tmp_path / "cache"))
-    remote = join(s3_bucket, "exports", "rewritten")
-    upload(tiny_model_dir, remote)
+def test_a_changed_remote_export_is_copied_again(remote_export: str, s3_bucket: str) -> None:
+    remote = remote_export
     first = local_copy(remote)
     write_text(join(remote, "config.json"), '{"changed": true}')
     second = local_copy(remote)
