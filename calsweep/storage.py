@@ -109,12 +109,9 @@ def copy_to_local(location: str, destination: Path) -> None:
     pafs.copy_files(path, str(destination), source_filesystem=fs)
 
 
-def local_copy(location: str) -> str:
-    """A local directory with the content of `location`: itself when local, else a copy in the
-    node's cache, downloaded once per version of the remote files (names, sizes and modification
-    times key the copy) and renamed into place when complete."""
-    if not is_uri(location):
-        return location
+def remote_version(location: str) -> str:
+    """An identity of a remote directory's current content without reading it: a hash of its
+    location and its files' names, sizes and modification times (a rewrite changes it)."""
     fs, root = filesystem(location)
     listing = sorted(
         (info.path, info.size, str(info.mtime))
@@ -123,8 +120,15 @@ def local_copy(location: str) -> str:
     )
     if not listing:
         raise FileNotFoundError(f"{location} holds no files")
-    key = hashlib.sha256(json.dumps([location, listing]).encode()).hexdigest()[:20]
-    target = cache_root() / "remote" / key
+    return hashlib.sha256(json.dumps([location, listing]).encode()).hexdigest()[:20]
+
+
+def local_copy(location: str) -> str:
+    """A local directory with the content of `location`: itself when local, else a copy in the
+    node's cache, downloaded once per `remote_version` and renamed into place when complete."""
+    if not is_uri(location):
+        return location
+    target = cache_root() / "remote" / remote_version(location)
     if not target.is_dir():
         tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
         copy_to_local(location, tmp)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from calsweep.storage import local_copy
+from calsweep.storage import is_uri, local_copy, remote_version
 from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
 from evaluators.metrics import MetricConfig
 
@@ -49,7 +49,10 @@ class WorkItem:
 
 
 def model_digest(path_or_id: str) -> str:
-    """Content digest of a local model directory (memoised in the directory), else the hub id."""
+    """Content digest of a local model directory (memoised in the directory); for a remote
+    export its `remote_version`, so the driver need not download it; else the hub id."""
+    if is_uri(path_or_id):
+        return f"remote:{remote_version(path_or_id)}"
     root = Path(path_or_id)
     if not root.is_dir():
         return f"hub:{path_or_id}"

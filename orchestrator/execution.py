@@ -13,7 +13,7 @@ from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from calsweep.models import resolve_model
-from calsweep.storage import is_uri, join, local_copy
+from calsweep.storage import is_uri, join
 from evaluators.evaluate import SplitRequest, SplitResult
 from evaluators.metrics import MetricConfig
 from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_work_items
@@ -191,7 +191,7 @@ def score_all(
     settings = scoring_settings(config)
     items = []
     for model in models:
-        digest = model_digest(local_copy(model.path))
+        digest = model_digest(model.path)
         for s in splits:
             request = SplitRequest(
                 s.benchmark,

@@ -20,6 +20,7 @@ from calsweep.storage import (
     read_text,
     write_text,
 )
+from evaluators.pipeline import model_digest
 
 
 def upload(local: Path, location: str) -> None:
@@ -110,3 +111,13 @@ def test_a_changed_remote_export_is_copied_again(remote_export: str, s3_bucket: 
     assert second != first and (Path(second) / "config.json").read_text() == '{"changed": true}'
     with pytest.raises(FileNotFoundError, match="holds no files"):
         local_copy(join(s3_bucket, "exports", "nothing"))
+
+
+def test_remote_model_digest_downloads_nothing_and_follows_rewrites(
+    remote_export: str, tmp_path: Path
+) -> None:
+    digest = model_digest(remote_export)
+    assert digest.startswith("remote:") and not (tmp_path / "cache").exists()
+    assert model_digest(remote_export) == digest
+    write_text(join(remote_export, "config.json"), '{"changed": true}')
+    assert model_digest(remote_export) != digest

@@ -391,10 +391,10 @@ def _build_engine(s: TrainSettings, world: int, total_steps: int) -> tuple[Any, 
     for key in dropout_attributes:
         setattr(model_config, key, s.dropout)
     ds_config = deepspeed_config(s, world)
+    deepspeed.init_distributed()  # zero.Init sizes the batch by DeepSpeed's world: join it first
     # Under ZeRO-3, while this object lives, from_pretrained loads inside deepspeed.zero.Init:
     # each weight is partitioned as it is read, so no worker ever holds the whole model (an 8B
     # model in fp32 is 32 GB per worker otherwise).
-    deepspeed.init_distributed()  # zero.Init sizes the batch by DeepSpeed's world: join it first
     zero3_loading = HfDeepSpeedConfig(ds_config) if zero_stage(s, world) == 3 else None
     model = AutoModelForCausalLM.from_pretrained(
         s.model_path, config=model_config, dtype=torch.float32
