@@ -96,6 +96,15 @@ def test_bundled_sample_is_labelled_and_keeps_dev_as_dev():
 
 
 def test_generator_reproduces_the_bundled_data(tmp_path):
+    installed = make_sample.generator_versions()
+    for spec in BENCHMARKS.values():
+        recorded = make_sample.recorded_versions(Path(resolve_source(spec, BUNDLED)))
+        assert recorded == {"command": "python -m evaluators.make_sample", **installed}, (
+            f"the bundled {spec.name} sample was generated with babel {recorded['babel']} (CLDR "
+            f"{recorded['cldr']}), but babel {installed['babel']} (CLDR {installed['cldr']}) is "
+            "installed: install the locked set (pip install -r requirements.lock), or refresh "
+            "the lock and regenerate the sample together (README: 'Refreshing the lock')"
+        )
     make_sample.main(["--out", str(tmp_path)])
     for spec in BENCHMARKS.values():
         ours = Path(resolve_source(spec, BUNDLED))

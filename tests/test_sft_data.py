@@ -251,3 +251,17 @@ def test_length_grouped_batches_cover_every_index_once():
     assert batches == list(length_grouped_batches(lengths, batch_size=8, seed=3, group_factor=4))
     spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
     assert sum(spread) / len(spread) < 25  # grouped, unlike random batches (~80)
+
+
+def test_generator_reproduces_the_bundled_sft_samples(tmp_path):
+    from trainers import make_sft_sample
+
+    make_sft_sample.main(["--out", str(tmp_path)])
+    bundled = pathlib.Path(make_sft_sample.__file__).parent / "data"
+    for fmt in ADAPTERS:
+        name = f"{fmt}_sample.jsonl"
+        assert (tmp_path / name).read_bytes() == (bundled / name).read_bytes(), (
+            f"trainers/data/{name} differs from what `python -m trainers.make_sft_sample` writes "
+            "with the installed babel: install the locked set (pip install -r requirements.lock), "
+            "or regenerate the samples with the lock (README: 'Refreshing the lock')"
+        )
