@@ -52,7 +52,7 @@ EFFECTIVE_BATCH = 8
 
 
 def settings(args: argparse.Namespace, world: int, grouped: bool):
-    from trainers.train_loop import TrainSettings
+    from trainers.settings import TrainSettings
 
     return TrainSettings(
         model_path=resolve_model(args.model),
@@ -121,7 +121,7 @@ def run_calsweep_ray(args: argparse.Namespace, grouped: bool) -> list[dict[str, 
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
-    from trainers.sft import ForwardReports
+    from trainers.fit import ForwardReports
     from trainers.train_loop import train_func
 
     os.environ["RAY_AUTH_MODE"] = "disabled"

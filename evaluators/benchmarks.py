@@ -144,14 +144,28 @@ def check_split(
     _check_language_and_split(spec, language, split)
     import datasets
 
+    path = resolve_source(spec, source)
     try:
-        dataset = datasets.load_dataset(resolve_source(spec, source), language, split=split)
+        dataset = datasets.load_dataset(path, language, split=split)
     except (ValueError, OSError) as err:  # missing config/split, unreachable hub, bad mirror
         raise ValueError(
-            f"{spec.display_name} {language}/{split} cannot be loaded from {source!r}: {err}"
+            f"{spec.display_name} {language}/{split} cannot be loaded from {source!r}: "
+            f"{_load_problem(spec, path, language, err)}"
         ) from err
     if subjects is not None:
         _check_subjects(spec, language, split, set(dataset.unique(spec.subject_column)), subjects)
+
+
+def _load_problem(spec: BenchmarkSpec, path: str, language: str, err: Exception) -> str:
+    """What `datasets` could not load, in one line. A local mirror names the missing files:
+    `datasets` reads every split of a config, so a missing dev file also fails the test split."""
+    config_dir = Path(path) / language
+    if Path(path).is_dir():
+        missing = [s for s in spec.splits if not any(config_dir.glob(f"{s}-*"))]
+        if missing:
+            files = ", ".join(f"{language}/{s}-00000-of-00001.parquet" for s in missing)
+            return f"the mirror has no {files} (hub layout: <config>/<split>-*.parquet)"
+    return str(err).splitlines()[0][:300]
 
 
 def _check_language_and_split(spec: BenchmarkSpec, language: str, split: str) -> None:

@@ -6,14 +6,16 @@ Used by the Ray Data pipeline (one call per work item) and by the standalone sco
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from evaluators.benchmarks import Question, get_benchmark, load_questions
 from evaluators.metrics import MetricConfig, compute_all, pad_probabilities, reliability_bins
 from evaluators.prompts import format_prompt
-from evaluators.scoring import OptionScorer, option_probabilities
+
+if TYPE_CHECKING:  # torch: a request and its result are plain values, usable without it
+    from evaluators.scoring import OptionScorer
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def evaluate_split(
     scorer: OptionScorer, request: SplitRequest, metric_config: MetricConfig
 ) -> SplitResult:
     """Load the split, score every question's options, compute the calibration metrics."""
+    from evaluators.scoring import option_probabilities
+
     questions = load_questions(
         request.benchmark,
         request.language,

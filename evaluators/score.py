@@ -13,17 +13,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import polars as pl
+from calsweep.console import quiet_libraries
+from evaluators.benchmarks import BENCHMARKS, BUNDLED, check_split, get_benchmark, resolve_source
+from evaluators.evaluate import SplitRequest
 
-from calsweep.models import resolve_model
-from evaluators.benchmarks import BENCHMARKS, BUNDLED, get_benchmark, resolve_source
-from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
-from evaluators.metrics import MetricConfig, compute_all, pad_probabilities
-from evaluators.pipeline import ScoringSettings, WorkItem, load_cached, model_digest, store_cached
-from evaluators.reliability import plot_reliability_overview
-from evaluators.temperature import fit_temperature, scaled_probabilities
+if TYPE_CHECKING:  # torch, Ray and matplotlib load only once the input is known to be good
+    from evaluators.evaluate import SplitResult
+    from evaluators.pipeline import ScoringSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,46 +91,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also fit one temperature on the dev split and report ts_* metrics",
     )
     parser.add_argument("--cache", type=Path, help="score cache directory (default <out>/cache)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show library progress bars, notices and warnings (hidden by default)",
+    )
     return parser.parse_args(argv)
 
 
+def dev_split_of(request: SplitRequest) -> SplitRequest:
+    """The same language's dev/validation split, whole (temperature fit, k-shot examples)."""
+    return replace(request, split=get_benchmark(request.benchmark).dev_split, limit=None)
+
+
 def requests_for(args: argparse.Namespace) -> list[SplitRequest]:
+    """The splits the flags ask for; an unknown benchmark source or language is a ValueError."""
     sources = dict(item.split("=", 1) for item in args.source)
     unknown = set(sources) - set(args.benchmarks)
     if unknown:
         raise ValueError(f"--source for {sorted(unknown)}, which is not in --benchmarks")
+    specs = [get_benchmark(name) for name in args.benchmarks]
+    if args.languages != ["all"]:
+        known = {code for spec in specs for code in spec.languages}
+        if missing := [code for code in args.languages if code not in known]:
+            valid = "; ".join(f"{spec.name}: {' '.join(spec.languages)}" for spec in specs)
+            raise ValueError(f"unknown language(s) {' '.join(missing)} (valid: {valid})")
     requests = []
-    for name in args.benchmarks:
-        spec = get_benchmark(name)
+    for spec in specs:
         languages = spec.languages if args.languages == ["all"] else args.languages
         split = spec.test_split if args.split == "test" else spec.dev_split
-        source = resolve_source(spec, sources.get(name, BUNDLED))
+        source = resolve_source(spec, sources.get(spec.name, BUNDLED))
+        subjects = tuple(args.subjects) if args.subjects else None
         requests += [
             SplitRequest(
-                name,
-                lang,
-                split,
-                source,
-                args.limit,
-                args.seed,
-                args.num_fewshot,
-                tuple(args.subjects) if args.subjects else None,
+                spec.name, code, split, source, args.limit, args.seed, args.num_fewshot, subjects
             )
-            for lang in languages
-            if lang in spec.languages or args.languages == ["all"]
+            for code in languages
+            if code in spec.languages  # a language of only one of the benchmarks asked for
         ]
-    if not requests:
-        raise ValueError(f"none of {args.languages} is a language of {args.benchmarks}")
     return requests
+
+
+def check_requests(requests: list[SplitRequest], needs_dev: bool) -> None:
+    """Every split to read exists in its source, before a model loads: the same check as the
+    sweep's, so a missing split or subject fails in seconds, not after the test splits."""
+    dev_splits = [dev_split_of(request) for request in requests] if needs_dev else []
+    for r in requests + dev_splits:
+        check_split(r.benchmark, r.language, r.split, r.source, r.subjects)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_libraries(args.verbose)
     try:
         requests = requests_for(args)
+        check_requests(requests, needs_dev=args.temperature_scaling or args.num_fewshot > 0)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from calsweep.models import resolve_model
+    from evaluators.evaluate import evaluate_split
+    from evaluators.metrics import MetricConfig
+    from evaluators.pipeline import (
+        ScoringSettings,
+        WorkItem,
+        load_cached,
+        model_digest,
+        store_cached,
+    )
     from evaluators.scoring import OptionScorer, load_model
 
     model_path = resolve_model(args.model)
@@ -158,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     for done, request in enumerate(requests, start=1):
         result = score(request)
         if args.temperature_scaling:
-            dev = replace(request, split=get_benchmark(request.benchmark).dev_split, limit=None)
-            result.metrics.update(temperature_scaled_metrics(score(dev), result, settings))
+            dev = score(dev_split_of(request))
+            result.metrics.update(temperature_scaled_metrics(dev, result, settings))
         results.append(result)
         print(
             f"[{done}/{len(requests)}] {request.benchmark}/{request.language}: "
@@ -176,6 +202,11 @@ def temperature_scaled_metrics(
     dev: SplitResult, test: SplitResult, settings: ScoringSettings
 ) -> dict[str, float]:
     """Metrics of the test split after scaling by the temperature fitted on the dev split."""
+    import numpy as np
+
+    from evaluators.metrics import compute_all, pad_probabilities
+    from evaluators.temperature import fit_temperature, scaled_probabilities
+
     scores = [np.array(s) for s in dev.predictions["scores"]]
     temperature = fit_temperature(scores, dev.predictions["gold"])
     test_scores = [np.array(s) for s in test.predictions["scores"]]
@@ -185,6 +216,10 @@ def temperature_scaled_metrics(
 
 
 def write_outputs(out: Path, results: list[SplitResult]) -> None:
+    import polars as pl
+
+    from evaluators.reliability import plot_reliability_overview
+
     out.mkdir(parents=True, exist_ok=True)
     frames = [
         pl.DataFrame(r.predictions).with_columns(

@@ -20,7 +20,6 @@ from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
 
-SFT_FORMATS = ("alpaca", "tulu", "openhermes")
 SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 

@@ -12,6 +12,8 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from calsweep.cluster import init_ray as start_ray
+from calsweep.console import say
 from calsweep.models import resolve_model
 from calsweep.storage import is_uri, join
 from evaluators.evaluate import SplitRequest, SplitResult
@@ -19,7 +21,7 @@ from evaluators.metrics import MetricConfig
 from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_work_items
 from orchestrator.config import SweepConfig
 from orchestrator.plan import EvalSplit, Plan, TrialSpec
-from orchestrator.progress import TrialProgress, say
+from orchestrator.progress import TrialProgress
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
 
@@ -39,22 +41,14 @@ class ScoredModel:
 
 
 def init_ray(address: str | None, verbose: bool) -> None:
-    """Join `address` or start a local instance, with Ray's known log noise turned down."""
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
+    """Join `address` or start a local instance, with Tune's and Ray Data's noise turned down."""
     # Tune's reporters would repeat what TrialProgress prints; the legacy one is silent at
     # verbose=0, the new one still prints an experiment banner.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(
-        address=address or "local",  # never join a `ray start` cluster by accident
-        log_to_driver=verbose,
-        logging_level=logging.INFO if verbose else logging.WARNING,
-    )
+    start_ray(address, verbose)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     if not verbose:  # Ray Data logs each execution plan at INFO; progress lines say enough
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def check_shared_storage(storage: str) -> None:

@@ -7,22 +7,17 @@ reach it through Tune, and it logs them into the trial's child run as they arriv
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from calsweep.console import say
 from orchestrator.config import SweepConfig
 from orchestrator.plan import TrialSpec
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import trial_from_tune_config
 from trainers.train_loop import HISTORY_KEY
-
-
-def say(message: str) -> None:
-    """One progress line, time-stamped, flushed (the sweep's only chatter on stdout)."""
-    print(f"[calsweep {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def trial_params(config: SweepConfig, trial: TrialSpec) -> dict[str, Any]:

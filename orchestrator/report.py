@@ -27,8 +27,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow.tracking
 import numpy as np
 import polars as pl
 
@@ -50,7 +50,9 @@ from orchestrator.stats import (
     split_for_selection,
     table1,
 )
-from orchestrator.tracking import KIND_TAG, PARENT_TAG
+
+if TYPE_CHECKING:  # mlflow loads only when an experiment is read: --help stays fast
+    import mlflow.tracking
 
 REQUIRED_COLUMNS: dict[str, type[pl.DataType]] = {
     **dict.fromkeys(["model", "sft_dataset"], pl.String),
@@ -345,6 +347,10 @@ def load_experiment(
     name: str, tracking_uri: str | None
 ) -> tuple[pl.DataFrame, mlflow.tracking.MlflowClient, str, list[str]]:
     """(results table, client, parent run id, reliability-diagram artifact URIs) of a sweep."""
+    import mlflow.tracking
+
+    from orchestrator.tracking import KIND_TAG, PARENT_TAG
+
     client = mlflow.tracking.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:

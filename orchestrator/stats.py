@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from evaluators.metrics import HIGHER_IS_BETTER
 
@@ -108,6 +107,8 @@ def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
 
 def rank_biserial(a: np.ndarray, b: np.ndarray) -> float:
     """Matched-pairs rank-biserial correlation in [-1, 1]; positive when A tends to exceed B."""
+    from scipy import stats
+
     diff = (a - b)[a != b]
     if diff.size == 0:
         return math.nan
@@ -120,6 +121,8 @@ def compare(a: np.ndarray, b: np.ndarray, test: StatTest = "paired") -> Comparis
 
     Raises ValueError with fewer than 2 values on a side (callers skip and count those).
     """
+    from scipy import stats  # here, not at the top: it alone takes a second to import
+
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")

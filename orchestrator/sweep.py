@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from calsweep.console import quiet_libraries, say
 from orchestrator.config import ConfigError, SweepConfig, load_config
 from orchestrator.plan import Plan, describe, expand
-from orchestrator.progress import say
 
 EPILOG = """examples:
   python -m orchestrator.sweep sweeps/local.yaml             # offline sweep on this machine
@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_libraries(args.verbose)
     overrides: dict = {}
     if args.output_dir:
         overrides["output_dir"] = args.output_dir

@@ -20,7 +20,8 @@ from calsweep.models import resolve_model
 from calsweep.storage import is_complete_export, join, read_text, write_text
 from orchestrator.config import SweepConfig
 from orchestrator.plan import TrialSpec
-from trainers.train_loop import HF_EXPORT_DIR, TrainSettings, exported_model_dir, train_func
+from trainers.settings import TrainSettings
+from trainers.train_loop import HF_EXPORT_DIR, exported_model_dir, train_func
 
 GRID_AXES = ("model", "sft_dataset", "learning_rate", "label_smoothing")
 FINAL_CHECKPOINT = "checkpoint_final"  # checkpoint_dir_name of the worker's final report

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
 
+from evaluators.benchmarks import BUNDLED, MMLU_PROX, resolve_source
 from evaluators.score import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_scores_splits_writes_outputs_and_reuses_the_cache(
@@ -71,3 +78,49 @@ def test_subject_filter(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert main([*args, "--benchmarks", "global_mmlu", "--subjects", "cldr_months"]) == 0
     predictions = pl.read_parquet(out / "predictions.parquet")
     assert set(predictions["subject"]) == {"cldr_months"} and predictions.height == 10
+
+
+def test_default_output_is_one_line_per_split_on_a_cold_datasets_cache(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "evaluators.score", "--model", str(tiny_model_dir)]
+    command += ["--out", str(out), "--languages", "de", "sw", "--limit", "2"]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cold-cache")}
+    env.pop("HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 5, lines  # (global_mmlu, mmlu_prox) x (de, sw), then where it wrote
+    assert [line.split(":")[0] for line in lines[:4]] == [
+        "[1/4] global_mmlu/de",
+        "[2/4] global_mmlu/sw",
+        "[3/4] mmlu_prox/de",
+        "[4/4] mmlu_prox/sw",
+    ]
+    assert lines[4].startswith(f"wrote {out}/predictions.parquet")
+    assert any((tmp_path / "cold-cache").iterdir())  # the cache really was filled from cold
+
+
+def test_unknown_language_and_missing_split_fail_before_the_model_loads(
+    tmp_path: Path, capsys
+) -> None:
+    mirror = tmp_path / "prox"
+    shutil.copytree(resolve_source(MMLU_PROX, BUNDLED), mirror)
+    (mirror / "ja" / "validation-00000-of-00001.parquet").unlink()
+    args = ["--model", "no/such-model", "--out", str(tmp_path / "out")]
+    assert main([*args, "--languages", "de", "xx", "am"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown language(s) xx (valid: global_mmlu: am ar ")
+    assert err.count("\n") == 1
+
+    prox = [*args, "--benchmarks", "mmlu_prox", "--source", f"mmlu_prox={mirror}"]
+    assert main([*prox, "--languages", "ja", "--temperature-scaling"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: MMLU-ProX ja/test cannot be loaded from '{mirror}': the mirror has no "
+        "ja/validation-00000-of-00001.parquet (hub layout: <config>/<split>-*.parquet)\n"
+    )
+    assert main([*prox, "--languages", "de", "--subjects", "cldr_nope"]) == 2
+    assert "has no subject(s) ['cldr_nope']" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainers.sft import build_parser, progress_line, run_name, settings_from_args
+from trainers.fit import progress_line, run_name
+from trainers.sft import build_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +42,33 @@ def test_arguments_become_train_settings(tiny_model_dir: Path, tmp_path: Path) -
     assert settings.zero_stage == 3 and not settings.length_grouped
     again = settings_from_args(build_parser().parse_args(argv + ["--no-length-grouping"]))
     assert run_name(settings, 2) == run_name(again, 2) != run_name(again, 1)
-    with pytest.raises(SystemExit, match="FORMAT:SOURCE"):
+    with pytest.raises(ValueError, match="FORMAT:SOURCE"):
         settings_from_args(build_parser().parse_args([*argv[:3], "bundled", *argv[4:]]))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ("sharegpt:bundled", "--dataset 'sharegpt:bundled': expected FORMAT:SOURCE with FORMAT "),
+        ("alpaca:{tmp}/missing.jsonl", "SFT source file {tmp}/missing.jsonl does not exist"),
+        ("alpaca:{tmp}/empty.jsonl", "SFT source file {tmp}/empty.jsonl holds no rows"),
+        ("tulu:{tmp}/alpaca.jsonl", "no usable tulu conversation in {tmp}/alpaca.jsonl: every "),
+    ],
+)
+def test_bad_dataset_is_one_line_and_exit_2_before_ray_starts(
+    tiny_model_dir: Path, tmp_path: Path, dataset: str, message: str
+) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"}] * 3
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    command = [sys.executable, "-m", "trainers.sft", "--model", str(tiny_model_dir)]
+    command += ["--dataset", dataset.format(tmp=tmp_path), "--lr", "1e-3", "--smoothing", "0"]
+    command += ["--out", str(tmp_path / "model")]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: " + message.format(tmp=tmp_path)), done.stderr
 
 
 def test_progress_line_shows_step_loss_throughput_and_eta() -> None:

@@ -22,12 +22,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainers.sft import ForwardReports
+from trainers.fit import ForwardReports
+from trainers.settings import TrainSettings
 from trainers.sft_data import IGNORE_INDEX, collate
 from trainers.train_loop import (
     HISTORY_KEY,
     NonFiniteLossError,
-    TrainSettings,
     _build_engine,
     _ensure_process_group,
     batch_schedule,

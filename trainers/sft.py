@@ -9,50 +9,11 @@ checkpoint under ``--storage``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import logging
-import os
 import sys
-import threading
-import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import ray
-from ray.train import (
-    CheckpointConfig,
-    FailureConfig,
-    RunConfig,
-    ScalingConfig,
-    TrainingFailedError,
-    UserCallback,
-)
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.util.queue import Empty, Queue
-
-from calsweep.models import resolve_model
-from calsweep.storage import copy_to_local, is_uri
-from trainers.sft_data import ADAPTERS
-from trainers.train_loop import (
-    NonFiniteLossError,
-    TrainSettings,
-    exported_model_dir,
-    train_func,
-    zero_stage,
-)
-
-
-class ForwardReports(UserCallback):
-    """Runs in the Ray Train controller: forwards rank 0's reported metrics to a Ray queue,
-    so the driver can show progress (and tests can read the whole trajectory)."""
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint) -> None:
-        self.queue.put(dict(metrics[0]))
+from calsweep.console import quiet_libraries
+from trainers.settings import SFT_FORMATS, TrainSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         metavar="FORMAT:SOURCE",
-        help=f"FORMAT in {sorted(ADAPTERS)}; SOURCE is 'bundled' (the shipped "
+        help=f"FORMAT in {list(SFT_FORMATS)}; SOURCE is 'bundled' (the shipped "
         "sample), a .json/.jsonl/.parquet file or a hub id, e.g. alpaca:bundled",
     )
     p.add_argument("--lr", type=float, required=True, help="peak learning rate (AdamW)")
@@ -171,9 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The run's settings; a malformed --dataset is a ValueError naming the allowed formats."""
+    from calsweep.models import resolve_model
+
     fmt, sep, source = args.dataset.partition(":")
-    if not sep or fmt not in ADAPTERS or not source:
-        raise SystemExit(f"--dataset must be FORMAT:SOURCE with FORMAT in {sorted(ADAPTERS)}")
+    if not sep or fmt not in SFT_FORMATS or not source:
+        raise ValueError(
+            f"--dataset {args.dataset!r}: expected FORMAT:SOURCE with FORMAT in {list(SFT_FORMATS)}"
+            ", e.g. alpaca:bundled"
+        )
     return TrainSettings(
         model_path=resolve_model(args.model),
         sft_format=fmt,
@@ -198,92 +165,26 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     )
 
 
-def progress_line(metrics: dict[str, Any], eta_s: float) -> str:
-    """``step 3/10  loss 2.3456  lr 1.0e-04  412 tok/s  pad 4%  ETA 0:00:12``."""
-    eta = timedelta(seconds=round(eta_s))
-    return (
-        f"step {metrics['step']}/{metrics['total_steps']}  loss {metrics['train/loss']:.4f}  "
-        f"lr {metrics['train/lr']:.1e}  {metrics['train/tokens_per_s']:.0f} tok/s  "
-        f"pad {metrics['train/padding_fraction']:.0%}  ETA {eta}"
-    )
-
-
-def show_progress(queue: Queue, done: threading.Event) -> None:
-    """Print each report as it arrives; ETA from the wall time between reports (checkpoints
-    included), from the step's own time for the first one."""
-    first: tuple[float, int] | None = None
-    while not (done.is_set() and queue.empty()):
-        try:
-            metrics = queue.get(timeout=0.5)
-        except Empty:
-            continue
-        now, step, remaining = time.monotonic(), metrics["step"], metrics["total_steps"]
-        remaining -= step
-        if first is None or step <= first[1]:  # a (re)started worker group restarts the clock
-            first = (now, step)
-            eta = metrics["train/step_s"] * remaining
-        else:
-            eta = (now - first[0]) / (step - first[1]) * remaining
-        if "error" in metrics:
-            print(f"step {step}: {metrics['error']}", flush=True)
-        else:
-            print(progress_line(metrics, eta), flush=True)
-
-
-def run_name(settings: TrainSettings, workers: int) -> str:
-    """Stable per configuration and worker count (ZeRO checkpoints are per rank), so the same
-    command finds and resumes its own run."""
-    key = {**settings.to_dict(), "workers": workers}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
-    return f"sft-{digest.hexdigest()[:12]}"
-
-
-def train(args: argparse.Namespace, settings: TrainSettings) -> str:
-    """Fit on the connected Ray cluster with live progress; returns the exported model's
-    location (a path, or a URI under remote storage)."""
-    storage = args.storage or str(args.out.with_name(args.out.name + ".ray-train"))
-    if not is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
-    queue = Queue(actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=settings.to_dict(),
-        scaling_config=ScalingConfig(
-            num_workers=args.workers,
-            use_gpu=args.gpu,
-            resources_per_worker={"CPU": args.cpus_per_worker},
-        ),
-        torch_config=TorchConfig(backend="nccl" if args.gpu else "gloo"),
-        run_config=RunConfig(
-            name=run_name(settings, args.workers),
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[ForwardReports(queue)],
-        ),
-    )
-    done = threading.Event()
-    printer = threading.Thread(target=show_progress, args=(queue, done), daemon=True)
-    printer.start()
-    try:
-        result = trainer.fit()
-    finally:
-        done.set()
-        printer.join()
-    return exported_model_dir(result)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
-    if args.address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
-    ray.init(
-        # "local": a private instance, even when a `ray start` cluster runs on this machine
-        address=args.address or "local",
-        log_to_driver=args.verbose,
-        logging_level=logging.INFO if args.verbose else logging.WARNING,
-    )
+    quiet_libraries(args.verbose)
+    from trainers.sft_data import check_sft_source
+
+    try:  # bad input fails here, in seconds, before Ray or a model starts
+        settings = settings_from_args(args)
+        check_sft_source(settings.sft_format, settings.sft_source)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import ray
+    from ray.train import TrainingFailedError
+
+    from calsweep.cluster import init_ray
+    from calsweep.storage import copy_to_local
+    from trainers.fit import train
+    from trainers.train_loop import NonFiniteLossError, zero_stage
+
+    init_ray(args.address, args.verbose)
     per_step = settings.micro_batch_size * settings.grad_accum_steps * args.workers
     print(
         f"training {args.model} on {args.dataset}: lr {args.lr:g}, smoothing {args.smoothing:g}, "

@@ -108,6 +108,8 @@ def _load_rows(fmt: str, source: str) -> datasets.Dataset:
         return datasets.load_dataset(source, split="train")
     if not Path(source).is_file():
         raise FileNotFoundError(f"SFT source file {source} does not exist")
+    if Path(source).stat().st_size == 0:  # datasets would end in a bare StopIteration
+        raise ValueError(f"SFT source file {source} holds no rows (it is empty)")
     return datasets.load_dataset(builder, data_files=source, split="train")
 
 
@@ -153,6 +155,27 @@ def load_sft_conversations(
             if len(conversations) >= limit:
                 return conversations, dict(skipped)
     return conversations, dict(skipped)
+
+
+def check_sft_source(fmt: str, source: str) -> None:
+    """Fail in seconds, before any worker starts, when `source` cannot give one `fmt`
+    conversation: an unknown format, a missing file or hub id, no rows, or only malformed rows.
+    Visits rows in seeded order until the first valid one (a valid 1M-row set costs one row)."""
+    try:
+        conversations, skipped = load_sft_conversations(fmt, source, max_samples=1)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+    except OSError as err:  # unreachable hub id, unreadable file
+        raise ValueError(f"SFT source {source}: {str(err).splitlines()[0][:300]}") from err
+    if conversations:
+        return
+    if not skipped:
+        raise ValueError(f"SFT source {source} holds no rows")
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items()))
+    raise ValueError(
+        f"no usable {fmt} conversation in {source}: every row was skipped ({reasons}); "
+        f"is {fmt!r} the right format?"
+    )
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

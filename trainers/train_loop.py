@@ -27,7 +27,6 @@ import resource
 import socket
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch
 
 from calsweep.storage import join, location_of, read_text
 from trainers.loss import masked_label_smoothed_cross_entropy
+from trainers.settings import TrainSettings
 from trainers.sft_data import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -54,36 +54,6 @@ HISTORY_KEY = "resumed_history"
 # Config attributes that hold a dropout probability, across HF architectures (Llama, Mistral and
 # Gemma2: attention_dropout; GPT-2: attn_pdrop/resid_pdrop/embd_pdrop; BERT-style: *_dropout_prob).
 DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_rate", "dropout_prob")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything one training run needs; plain values so Ray can ship it to workers."""
-
-    model_path: str
-    sft_format: str
-    sft_source: str
-    learning_rate: float
-    label_smoothing: float
-    seed: int = 0
-    max_samples: int | None = None
-    on_malformed: str = "skip"
-    max_steps: int | None = None
-    epochs: float = 1.0
-    micro_batch_size: int = 4
-    grad_accum_steps: int = 1
-    max_seq_len: int = 512
-    warmup_ratio: float = 0.02
-    weight_decay: float = 0.0
-    dropout: float = 0.1
-    zero_stage: int = 2
-    precision: str = "bf16"
-    log_every_steps: int = 1
-    checkpoint_every_steps: int = 0
-    length_grouped: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class NonFiniteLossError(RuntimeError):
