@@ -3,8 +3,11 @@ terminal unless --verbose (used by the sweep and by `python -m trainers.sft`).""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 
 
 def init_ray(address: str | None, verbose: bool) -> None:
@@ -18,18 +21,45 @@ def init_ray(address: str | None, verbose: bool) -> None:
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    backend_level = {} if verbose else {"RAY_BACKEND_LOG_LEVEL": "fatal"}
-    previous = {name: os.environ.get(name) for name in backend_level}
-    os.environ.update(backend_level)  # read by the driver's core worker and the processes
-    try:  # that a local instance starts, when they start: the caller's environment is restored
-        ray.init(
-            address=address or "local",
-            log_to_driver=verbose,
-            logging_level=logging.INFO if verbose else logging.WARNING,
-        )
+    settings = dict(
+        address=address or "local",
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+    )
+    if verbose:
+        ray.init(**settings)
+        return
+    # Read when the driver's core worker and a local instance's processes start; the C++ logger
+    # announces the level it read on stderr, hence the silenced start-up (errors still raise).
+    with _environment(RAY_BACKEND_LOG_LEVEL="fatal"), _stderr_silenced():
+        ray.init(**settings)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block; the caller's environment is restored after."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null for the block (C++ code writes there directly)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
