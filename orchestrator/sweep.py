@@ -10,10 +10,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calsweep.console import quiet_libraries, say
-from orchestrator.config import ConfigError, SweepConfig, load_config
-from orchestrator.plan import Plan, describe, expand
+
+if TYPE_CHECKING:  # pydantic, numpy and pyarrow load after --help: it answers at once
+    from orchestrator.config import SweepConfig
+    from orchestrator.plan import Plan
 
 EPILOG = """examples:
   python -m orchestrator.sweep sweeps/local.yaml             # offline sweep on this machine
@@ -74,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries(args.verbose)
+    from orchestrator.config import ConfigError, load_config
+    from orchestrator.plan import describe, expand
+
     overrides: dict = {}
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
