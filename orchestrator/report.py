@@ -3,20 +3,29 @@
 `python -m orchestrator.report --experiment NAME [--tracking-uri URI]` reads `results.parquet`
 from the sweep's parent MLflow run (tag calsweep.kind=sweep, no parent) and logs the report back
 to that run under `report/`; `--results TABLE.{csv,parquet}` reports on any table in the long
-format of DESIGN.md. Outputs in `--out` (default ./report-<experiment or file stem>): report.md,
-report.html (self-contained), comparisons.csv (one row per test) and table1.csv (long: one row
-per configuration x benchmark x metric, with its mean, bold flag, Holm p-values and marks).
+format of DESIGN.md (orchestrator.table: base-model rows have sft_dataset `base`, `none` or
+empty; an empty lr is one lr per configuration; unknown benchmarks and metrics pass through).
+Outputs in `--out` (default ./report-<experiment or file stem>): report.md, report.html
+(self-contained), comparisons.csv (one row per test) and table1.csv (long: one row per
+configuration x benchmark x metric, with its mean, bold flag, Holm p-values and marks).
+
+The report opens with its findings (orchestrator.findings: sentences counted from the tests),
+then Table 1, the per-language values, and ends with the table of every comparison.
 
 What is compared and how (details in orchestrator.stats):
-- A configuration is (model, sft_dataset, smoothing) with one lr, selected by `--select-lr-by`
-  (mean over all languages of all benchmarks, direction from HIGHER_IS_BETTER). With a `split`
-  column holding dev/validation rows the selection uses those rows and the report the others;
-  otherwise selection sees the reported rows themselves (optimistic; the report says so).
-- Per benchmark and metric (accuracy, entropy, ECE, RMS): smoothing beta vs 0 (same model and
-  dataset) and every tuned configuration vs its base model; Holm across all of these tests.
+- A configuration is (model, sft_dataset, smoothing) with one lr: the table's own where its lr
+  is empty, else selected by `--select-lr-by` (mean over all languages of all benchmarks,
+  direction from HIGHER_IS_BETTER). With a `split` column holding dev/validation rows the
+  selection uses those rows and the report the others; otherwise selection sees the reported
+  rows themselves (optimistic; the report says so).
+- Per benchmark and metric (accuracy, entropy, ECE, RMS and any metric calsweep does not know):
+  smoothing beta vs 0 (same model and dataset) and every tuned configuration vs its base model,
+  paired over the languages both sides have; Holm across the `--family` (all tests, smoothing
+  vs 0 only, tuned vs base only).
 - Table 1: bold = better value among the smoothing values of one (model, dataset, benchmark,
-  metric); `*` = differs from smoothing 0, `†` = differs from the base model (Holm p < alpha).
-  Entropy counts lower as better only by convention (evaluators.metrics.HIGHER_IS_BETTER).
+  metric), none for a metric without a direction; `*` = differs from smoothing 0, `†` = differs
+  from the base model (Holm p < alpha). Entropy counts lower as better only by convention
+  (evaluators.metrics.HIGHER_IS_BETTER).
 """
 
 from __future__ import annotations
@@ -33,34 +42,33 @@ import numpy as np
 import polars as pl
 
 from evaluators.metrics import HIGHER_IS_BETTER
+from orchestrator.findings import Finding, findings, method_sentence
 from orchestrator.stats import (
-    BASE_DATASET,
     EFFECT_KIND,
+    FAMILIES,
     MARKS,
     SMOOTHING_VS_ZERO,
     TESTS,
     TUNED_VS_BASE,
     Config,
+    Family,
     ReportError,
     Values,
     apply_selection,
+    is_base,
     plan_comparisons,
     run_family,
     select_lr,
     split_for_selection,
     table1,
 )
+from orchestrator.table import read_table, validate
 
 if TYPE_CHECKING:  # mlflow loads only when an experiment is read: --help stays fast
     import mlflow.tracking
 
-REQUIRED_COLUMNS: dict[str, type[pl.DataType]] = {
-    **dict.fromkeys(["model", "sft_dataset"], pl.String),
-    **dict.fromkeys(["smoothing", "lr"], pl.Float64),
-    **dict.fromkeys(["benchmark", "language", "metric"], pl.String),
-    "value": pl.Float64,
-}
 REPORT_METRICS = ("accuracy", "entropy", "ece", "rms")
+NOT_METRICS = ("n_questions",)  # a split's size, which the sweep's table carries as a metric
 PER_LANGUAGE_METRICS = ("accuracy", "ece")
 RESULTS_FILE = "results.parquet"  # the name orchestrator.results logs to the parent run
 OUTPUTS = {
@@ -78,59 +86,111 @@ class Report:
 
     test: str
     alpha: float
+    family: str
     select_lr_by: str
     selection: pl.DataFrame  # model, sft_dataset, smoothing, lr, score, candidates
     configs: list[Config]
     benchmarks: list[str]
+    metrics: tuple[str, ...]
     values: Values
     comparisons: pl.DataFrame
     table1: pl.DataFrame
+    findings: list[list[Finding]]
     skipped: list[str]
     notes: list[str]
 
 
-def read_table(path: Path) -> pl.DataFrame:
-    """A long results table from parquet or CSV (CSV: empty smoothing/lr cells = base model)."""
-    if not path.exists():
-        raise ReportError(f"results table {path} does not exist")
-    if path.suffix == ".parquet":
-        return pl.read_parquet(path)
-    if path.suffix == ".csv":
-        return pl.read_csv(path, schema_overrides={"smoothing": pl.Float64, "lr": pl.Float64})
-    raise ReportError(f"{path}: expected a .csv or .parquet file")
+def report_metrics(
+    table: pl.DataFrame, metrics: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], list[str]]:
+    """The metrics to report and a note on those left out. Default: REPORT_METRICS, then every
+    metric without a direction (passed through); other known metrics need `metrics`."""
+    present = list(dict.fromkeys(table["metric"]))
+    if metrics is not None:
+        if absent := [m for m in metrics if m not in present]:
+            raise ReportError(
+                f"no rows for metric(s) {', '.join(absent)}; the table has {', '.join(present)}"
+            )
+        return tuple(metrics), []
+    unknown = [m for m in present if m not in HIGHER_IS_BETTER and m not in NOT_METRICS]
+    chosen = (*(m for m in REPORT_METRICS if m in present), *unknown)
+    if not chosen:
+        raise ReportError(f"no metric to report; the table has {', '.join(present)}")
+    notes = []
+    if unknown:
+        notes.append(
+            f"Metric(s) {', '.join(unknown)} unknown to calsweep: reported without a direction "
+            "(no bold value, no better/worse)."
+        )
+    if left := [m for m in present if m not in chosen and m not in NOT_METRICS]:
+        notes.append(f"Also in the table, not reported: {', '.join(left)} (see --metrics).")
+    return chosen, notes
 
 
-def validate(table: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-    """Check the long format and cast its types; non-finite values are dropped and noted."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise ReportError(
-            f"results table lacks column(s) {', '.join(missing)}; "
-            f"the long format has {', '.join(REQUIRED_COLUMNS)}"
+def lr_selection(
+    table: pl.DataFrame, select_lr_by: str
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """(selection, rows to report, notes): the lr of each configuration that has several."""
+    selection_rows, rows, how = split_for_selection(table)
+    keys = ["model", "sft_dataset", "smoothing"]
+    tuned = rows.filter(~is_base())
+    fixed = tuned.filter(pl.col("lr").is_null()).unique(keys).height
+    notes = []
+    if fixed:
+        which = (
+            "every configuration"
+            if fixed == tuned.unique(keys).height
+            else f"{fixed} configuration{'s' * (fixed != 1)}"
         )
-    try:
-        table = table.with_columns(pl.col(c).cast(t) for c, t in REQUIRED_COLUMNS.items())
-    except pl.exceptions.PolarsError as error:
-        raise ReportError(f"results table has a column of the wrong type: {error}") from error
-    tuned = pl.col("sft_dataset") != BASE_DATASET
-    bad = table.filter(tuned & (pl.col("smoothing").is_null() | pl.col("lr").is_null()))
-    if bad.height:
-        raise ReportError(
-            f"{bad.height} rows of tuned models (sft_dataset != {BASE_DATASET!r}) lack smoothing "
-            f"or lr, e.g. model {bad['model'][0]!r}, dataset {bad['sft_dataset'][0]!r}"
+        notes.append(
+            f"Learning rate: the table gives one lr for {which} (empty lr), taken as already "
+            "selected; no lr is selected for these."
         )
-    keys = [c for c in (*REQUIRED_COLUMNS, "split") if c in table.columns and c != "value"]
-    duplicated = table.filter(table.select(keys).is_duplicated())
-    if duplicated.height:
-        raise ReportError(
-            f"{duplicated.height} rows share their key ({', '.join(keys)}), e.g. "
-            f"{duplicated.row(0, named=True)}; average repeated runs (seeds) before reporting"
+    selection = select_lr(selection_rows, select_lr_by)
+    if tuned.filter(pl.col("lr").is_not_null()).height:
+        notes.append(f"Learning rate {how}; by mean {select_lr_by}.")
+        with_lr = tuned.filter(pl.col("lr").is_not_null())
+        if (unselected := with_lr.join(selection, on=keys, how="anti").unique(keys)).height:
+            names = ", ".join(
+                "/".join(map(str, r)) for r in unselected.select(keys).sort(keys).rows()
+            )
+            notes.append(f"Left out, no rows to select an lr on: {names}.")
+    return selection, rows, notes
+
+
+def describe(configs: list[Config], values: Values) -> str:
+    """One sentence on what the table holds: models, datasets, smoothing values, benchmarks."""
+    tuned = [c for c in configs if not c.is_base]
+    models = sorted({c.model for c in configs})
+    datasets = sorted({c.sft_dataset for c in tuned})
+    smoothing = sorted({c.smoothing for c in tuned if c.smoothing is not None})
+    languages: dict[str, set[str]] = {}
+    for (_, benchmark, _), by_language in values.items():
+        languages.setdefault(benchmark, set()).update(by_language)
+    bases = sum(c.is_base for c in configs)
+    return (
+        f"Compared: {len(configs)} configurations of {len(models)} model(s) "
+        f"({', '.join(models)}): {bases} base, tuned on {', '.join(datasets) or 'nothing'} with "
+        f"smoothing {', '.join(f'{x:g}' for x in smoothing) or '-'}; benchmarks "
+        + ", ".join(f"{b} ({len(langs)} languages)" for b, langs in sorted(languages.items()))
+        + "."
+    )
+
+
+def language_notes(comparisons: pl.DataFrame) -> list[str]:
+    """Where the two sides of a paired test have different languages: which were left out."""
+    gaps = comparisons.filter((pl.col("only_a") != "") | (pl.col("only_b") != ""))
+    gaps = gaps.unique(["model", "config_a", "config_b", "benchmark"], maintain_order=True)
+    notes = []
+    for r in gaps.iter_rows(named=True):
+        sides = [f"{r['config_b']} has {r['only_b']} that {r['config_a']} lacks"] * bool(
+            r["only_b"]
+        ) + [f"{r['config_a']} has {r['only_a']} that {r['config_b']} lacks"] * bool(r["only_a"])
+        notes.append(
+            f"{r['model']} {r['benchmark']}: {'; '.join(sides)}; paired on the {r['n']} "
+            "languages both have."
         )
-    finite = table.filter(pl.col("value").is_finite())
-    dropped = table.height - finite.height
-    return finite, [
-        f"{dropped} rows with a missing or non-finite value left out."
-    ] if dropped else []
+    return notes
 
 
 def build_report(
@@ -138,30 +198,28 @@ def build_report(
     test: str = "paired",
     select_lr_by: str = "accuracy",
     alpha: float = 0.05,
-    metrics: tuple[str, ...] = REPORT_METRICS,
+    metrics: tuple[str, ...] | None = None,
+    family: Family = "all",
 ) -> Report:
-    """Validate, select one lr per configuration, run the comparison family, build Table 1."""
+    """Validate, take or select one lr per configuration, run the family of tests, build Table 1
+    and the findings."""
     if test not in TESTS:
         raise ReportError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")
-    if unknown := [m for m in metrics if m not in HIGHER_IS_BETTER]:
-        raise ReportError(f"metric(s) {', '.join(unknown)} have no direction (HIGHER_IS_BETTER)")
+    if family not in FAMILIES:
+        raise ReportError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     table, notes = validate(table)
-    selection_rows, rows, how = split_for_selection(table)
-    selection = select_lr(selection_rows, select_lr_by)
-    notes.append(f"Learning rate {how}.")
-    keys = ["model", "sft_dataset", "smoothing"]
-    tuned = rows.filter(pl.col("sft_dataset") != BASE_DATASET)
-    if (unselected := tuned.join(selection, on=keys, how="anti").unique(keys)).height:
-        names = ", ".join("/".join(map(str, r)) for r in unselected.select(keys).sort(keys).rows())
-        notes.append(f"Left out, no rows to select an lr on: {names}.")
+    metrics, metric_notes = report_metrics(table, metrics)
+    selection, rows, lr_notes = lr_selection(table, select_lr_by)
     configs, values = apply_selection(rows, selection)
     benchmarks = sorted({b for _, b, _ in values})
-    planned, skipped = plan_comparisons(configs, benchmarks, values, metrics)
+    planned, skipped = plan_comparisons(configs, benchmarks, values, metrics, family)
     comparisons, failed = run_family(planned, test, alpha)  # type: ignore[arg-type]
     summary = table1(configs, benchmarks, values, comparisons, metrics, alpha)
+    notes = [describe(configs, values), *lr_notes, *metric_notes, *notes]
+    notes += language_notes(comparisons)
     return Report(
-        test, alpha, select_lr_by, selection, configs, benchmarks, values,
-        comparisons, summary, skipped + failed, notes,
+        test, alpha, family, select_lr_by, selection, configs, benchmarks, metrics, values,
+        comparisons, summary, findings(comparisons, metrics), skipped + failed, notes,
     )  # fmt: skip
 
 
@@ -181,30 +239,44 @@ def _num(x: float | None, spec: str = ".3f") -> str:
 
 
 def report_blocks(report: Report, title: str, figures: list[str] | None) -> list[Block]:
-    """The report's content in order; both renderers consume it, so md and HTML agree."""
+    """The report's content in order, findings first and every comparison last; both renderers
+    consume it, so md and HTML agree."""
     c = report.comparisons
+    blocks: list[Block] = [("h1", f"Significance report: {title}"), ("h2", "Findings")]
+    if c.height:
+        blocks.append(("p", method_sentence(report.test, report.alpha, report.family, c.height)))
+        for group in report.findings:
+            blocks += [("h3", group[0].contrast), ("list", [f.sentence() for f in group])]
+    else:
+        blocks.append(("p", "No comparison ran (see the skipped comparisons below)."))
+    blocks += [("h2", "Data and method"), ("list", report.notes)]
+    entropy = " Entropy: lower counted as better, by convention." * ("entropy" in report.metrics)
     legend = (
-        f"Test: {report.test} over languages, effect size {EFFECT_KIND[report.test]}; Holm "
-        f"correction across all {c.height} comparisons, alpha {report.alpha}: "
-        f"{int(c['significant'].sum())} significant. Table 1: bold = better value among the "
-        f"smoothing values of one model, dataset, benchmark and metric; "
+        f"Means over languages. Bold = better value among the smoothing values of one model, "
+        f"dataset, benchmark and metric (none for a metric without a direction); "
         f"{MARKS[SMOOTHING_VS_ZERO]} = differs from smoothing 0; {MARKS[TUNED_VS_BASE]} = differs "
-        f"from the base model (Holm p < {report.alpha}). Entropy: lower counted as better."
+        f"from the base model (Holm p < {report.alpha}).{entropy}"
     )
-    blocks: list[Block] = [("h1", f"Significance report: {title}"), ("p", legend)]
-    blocks += [("p", note) for note in report.notes]
-    blocks += [("h2", f"Skipped comparisons ({len(report.skipped)})"), ("list", report.skipped)]
-    blocks += [("h2", f"Learning-rate selection (by mean {report.select_lr_by})")]
-    blocks += [("table", _selection_cells(report)), ("h2", "Table 1: means over languages")]
-    blocks += [("table", _table1_cells(report)), ("h2", "Comparisons")]
-    blocks += [("table", _comparison_cells(c, report.test)), ("h2", "Per-language results")]
+    blocks += [("h2", "Table 1: means over languages"), ("p", legend)]
+    blocks += [("table", _table1_cells(report)), ("h2", "Per-language results")]
     for benchmark in report.benchmarks:
-        for metric in PER_LANGUAGE_METRICS:
+        for metric in (m for m in PER_LANGUAGE_METRICS if m in report.metrics):
             for model in sorted({cfg.model for cfg in report.configs}):
                 blocks.append(("h3", f"{benchmark} {metric}: {model}"))
                 blocks.append(("table", _language_cells(report, benchmark, metric, model)))
+    if report.selection.height:
+        blocks += [("h2", f"Learning-rate selection (by mean {report.select_lr_by})")]
+        blocks += [("table", _selection_cells(report))]
     figures = figures or ["none found (MLflow child-run artifacts reliability/*.png)"]
-    return [*blocks, ("h2", "Reliability diagrams"), ("list", figures)]
+    blocks += [("h2", "Reliability diagrams"), ("list", figures)]
+    if report.skipped:
+        blocks += [("h2", f"Skipped comparisons ({len(report.skipped)})")]
+        blocks += [("list", report.skipped)]
+    significant = int(c["significant"].sum()) if c.height else 0
+    blocks += [("h2", f"Comparisons ({c.height} tests, {significant} significant)")]
+    blocks += [("p", f"A vs B; diff = mean A - mean B over the n paired languages; effect size "
+                     f"{EFFECT_KIND[report.test]}; also in comparisons.csv.")]  # fmt: skip
+    return [*blocks, ("table", _comparison_cells(c, report.test))]
 
 
 def _selection_cells(report: Report) -> Table:
@@ -229,27 +301,29 @@ def _table1_cells(report: Report) -> Table:
         for r in report.table1.iter_rows(named=True)
     }
     columns = [(b, m) for b in report.benchmarks for m in dict.fromkeys(report.table1["metric"])]
+    has_lr = any(cfg.lr is not None for cfg in report.configs)  # no lr column for a study table
     rows = []
     for cfg in report.configs:
-        row = [cfg.model, cfg.label, "–" if cfg.lr is None else f"{cfg.lr:g}"]
+        row = [cfg.model, cfg.label, *(["–" if cfg.lr is None else f"{cfg.lr:g}"] * has_lr)]
         for b, m in columns:
             r = cells.get((cfg.model, cfg.label, b, m))
             text = "–" if r is None else f"{r['mean']:.3f}{r['marks']}"
             row.append(Bold(text) if r and r["best"] else text)
         rows.append(row)
-    return ["model", "configuration", "lr", *(f"{b} {m}" for b, m in columns)], rows
+    head = ["model", "configuration", *(["lr"] * has_lr), *(f"{b} {m}" for b, m in columns)]
+    return head, rows
 
 
 def _comparison_cells(c: pl.DataFrame, test: str) -> Table:
-    head = ["kind", "model", "benchmark", "metric", "A", "B", "n", "mean A", "mean B", "diff"]
+    head = ["contrast", "model", "benchmark", "metric", "A", "B", "n", "mean A", "mean B", "diff"]
+    statistic = "W" if test == "wilcoxon" else "t"
     rows = [
-        [r["kind"], r["model"], r["benchmark"], r["metric"], r["config_a"], r["config_b"],
+        [r["contrast"], r["model"], r["benchmark"], r["metric"], r["config_a"], r["config_b"],
          str(r["n"]), _num(r["mean_a"], ".4f"), _num(r["mean_b"], ".4f"),
-         _num(r["mean_diff"], "+.4f"), _num(r["statistic"], ".3g"), _num(r["p"], ".3g"),
+         _num(r["mean_diff"], "+.4f"), _num(r[statistic], ".3g"), _num(r["p"], ".3g"),
          _num(r["p_holm"], ".3g"), _num(r["effect_size"], ".2f"), "yes" if r["significant"] else ""]
         for r in c.iter_rows(named=True)
     ]  # fmt: skip
-    statistic = "W" if test == "wilcoxon" else "t"
     return [*head, statistic, "p", "p Holm", EFFECT_KIND[test], "significant"], rows
 
 
@@ -326,10 +400,12 @@ def write_report(
     alpha: float = 0.05,
     title: str = "results",
     figures: list[str] | None = None,
+    family: Family = "all",
+    metrics: tuple[str, ...] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.html, comparisons.csv, table1.csv into out_dir; returns them by kind
     ("markdown", "html", "comparisons", "table1"). Raises ReportError on bad input."""
-    report = build_report(table, test, select_lr_by, alpha)
+    report = build_report(table, test, select_lr_by, alpha, metrics, family)
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks = report_blocks(report, title, figures)
     paths = {kind: out_dir / name for kind, name in OUTPUTS.items()}
@@ -406,6 +482,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the table has them, else on test (default: accuracy)",
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level for Holm")
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="all",
+        help="tests run and Holm-corrected together: all (default), smoothing (smoothing beta vs "
+        "0 only, the study's family) or base (tuned vs base only)",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="METRIC",
+        help=f"metrics to report (default: {', '.join(REPORT_METRICS)} and any metric without "
+        "a known direction that the table has)",
+    )
     return parser.parse_args(argv)
 
 
@@ -421,8 +511,10 @@ def main(argv: list[str] | None = None) -> int:
             table, client, parent, figures = load_experiment(name, args.tracking_uri)
         out = args.out or Path(f"report-{name}")
         paths = write_report(
-            table, out, args.test, args.select_lr_by, alpha=args.alpha, title=name, figures=figures
-        )
+            table, out, args.test, args.select_lr_by, alpha=args.alpha, title=name,
+            figures=figures, family=args.family,
+            metrics=tuple(args.metrics) if args.metrics else None,
+        )  # fmt: skip
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ signed-rank test (paired, no normality assumption) are available. Effect sizes m
 - wilcoxon: matched-pairs rank-biserial r = (R+ - R-) / (R+ + R-), over the non-zero
   differences (scipy's default `zero_method="wilcox"` drops zero differences too).
 Holm is implemented here (statsmodels is not a dependency) and tested against the step-down
-definition.
+definition. Its family is selectable (FAMILIES): all tests (smoothing beta vs 0 and tuned vs
+base), smoothing vs 0 only (the study's), or tuned vs base only; only the family's tests run.
 """
 
 from __future__ import annotations
@@ -28,21 +29,28 @@ StatTest = Literal["paired", "welch", "wilcoxon"]
 TESTS: tuple[StatTest, ...] = ("paired", "welch", "wilcoxon")
 EFFECT_KIND = {"paired": "Cohen's d_z", "welch": "Hedges' g", "wilcoxon": "rank-biserial r"}
 MIN_SAMPLES = 2
-BASE_DATASET = "none"  # sft_dataset of an untuned base model (smoothing and lr null)
+BASE_DATASET = "base"  # sft_dataset of an untuned model once validated (smoothing and lr null)
 SELECTION_SPLITS = ("dev", "validation")
 SMOOTHING_VS_ZERO, TUNED_VS_BASE = "smoothing vs 0", "tuned vs base"
 MARKS = {SMOOTHING_VS_ZERO: "*", TUNED_VS_BASE: "†"}
+Family = Literal["all", "smoothing", "base"]
+FAMILIES: dict[Family, tuple[str, ...]] = {  # the contrasts tested and Holm-corrected together
+    "all": (SMOOTHING_VS_ZERO, TUNED_VS_BASE),
+    "smoothing": (SMOOTHING_VS_ZERO,),
+    "base": (TUNED_VS_BASE,),
+}
 RESULT_SCHEMA: dict[str, type[pl.DataType]] = {
     **dict.fromkeys(["n", "n_a", "n_b"], pl.Int64),
-    **dict.fromkeys(["mean_a", "mean_b", "mean_diff", "statistic", "df", "p"], pl.Float64),
+    **dict.fromkeys(["mean_a", "mean_b", "mean_diff", "t", "W", "df", "p"], pl.Float64),
     "effect_size": pl.Float64,
 }
 COMPARISON_COLUMNS: dict[str, type[pl.DataType]] = {
-    **dict.fromkeys(["kind", "model", "sft_dataset", "benchmark", "metric", "config_a"], pl.String),
-    "lr_a": pl.Float64,
-    "config_b": pl.String,
-    "lr_b": pl.Float64,
+    **dict.fromkeys(["contrast", "model", "sft_dataset", "benchmark", "metric"], pl.String),
+    **dict.fromkeys(["smoothing_a", "smoothing_b"], pl.Float64),  # smoothing_b null: base model
+    **dict.fromkeys(["config_a", "config_b"], pl.String),
+    **dict.fromkeys(["lr_a", "lr_b"], pl.Float64),
 }
+LANGUAGE_COLUMNS = ("only_a", "only_b")  # languages one side lacks (comma-separated), not tested
 Values = dict[tuple["Config", str, str], dict[str, float]]  # (config, bench, metric) -> lang -> v
 
 
@@ -186,13 +194,20 @@ def split_for_selection(table: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     return table, table, how
 
 
+def is_base() -> pl.Expr:
+    """Rows of an untuned model, in a validated table or as the sweep writes them ("none")."""
+    return pl.col("sft_dataset").is_null() | pl.col("sft_dataset").is_in([BASE_DATASET, "none"])
+
+
 def select_lr(selection: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """Per (model, sft_dataset, smoothing): the lr with the best mean `metric` over all languages
-    of all benchmarks (ties: the smaller lr), with every candidate's score."""
+    """Per (model, sft_dataset, smoothing) with lrs: the lr with the best mean `metric` over all
+    languages of all benchmarks (ties: the smaller lr), with every candidate's score.
+
+    Configurations whose lr is empty (one lr, already selected) are not in the result."""
     if metric not in HIGHER_IS_BETTER:
         choices = ", ".join(HIGHER_IS_BETTER)
         raise ReportError(f"cannot select the lr by {metric!r}: no direction; choose {choices}")
-    tuned = selection.filter(pl.col("sft_dataset") != BASE_DATASET)
+    tuned = selection.filter(~is_base(), pl.col("lr").is_not_null())
     rows = tuned.filter(pl.col("metric") == metric)
     if tuned.height and not rows.height:
         present = ", ".join(sorted(tuned["metric"].unique()))
@@ -211,12 +226,11 @@ def select_lr(selection: pl.DataFrame, metric: str) -> pl.DataFrame:
 
 
 def apply_selection(rows: pl.DataFrame, selected: pl.DataFrame) -> tuple[list[Config], Values]:
-    """Keep base rows and the selected lr's rows; index values by (config, benchmark, metric)."""
+    """Keep base rows, rows with an empty lr (one lr per configuration) and the selected lr's
+    rows; index values by (config, benchmark, metric). `rows` is a validated table."""
     keys = ["model", "sft_dataset", "smoothing", "lr"]
-    tuned = rows.filter(pl.col("sft_dataset") != BASE_DATASET).join(selected.select(keys), on=keys)
-    kept = pl.concat(
-        [rows.filter(pl.col("sft_dataset") == BASE_DATASET), tuned.select(rows.columns)]
-    )
+    tuned = rows.filter(~is_base(), pl.col("lr").is_not_null()).join(selected.select(keys), on=keys)
+    kept = pl.concat([rows.filter(is_base() | pl.col("lr").is_null()), tuned.select(rows.columns)])
     grouped = kept.group_by(*keys, "benchmark", "metric").agg("language", "value")
     values: Values = {}
     for g in grouped.iter_rows(named=True):
@@ -242,8 +256,13 @@ class Comparison:
         return f"{c['model']} {c['config_a']} vs {c['config_b']}, {c['benchmark']} {c['metric']}"
 
 
-def comparison_pairs(configs: list[Config]) -> list[tuple[str, Config, Config]]:
-    """(kind, A, B): each smoothing beta != 0 vs 0 and each tuned config vs its base model."""
+def comparison_pairs(
+    configs: list[Config], family: Family = "all"
+) -> list[tuple[str, Config, Config]]:
+    """(contrast, A, B) of the family: each smoothing beta != 0 vs 0 of the same model and
+    dataset, each tuned config vs its base model."""
+    if family not in FAMILIES:
+        raise ReportError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     by_key = {(c.model, c.sft_dataset, c.smoothing): c for c in configs}
     pairs = []
     for config in (c for c in configs if not c.is_base):
@@ -253,20 +272,27 @@ def comparison_pairs(configs: list[Config]) -> list[tuple[str, Config, Config]]:
         base = by_key.get((config.model, BASE_DATASET, None))
         if base is not None:
             pairs.append((TUNED_VS_BASE, config, base))
-    return sorted(pairs, key=lambda pair: pair[0] != SMOOTHING_VS_ZERO)  # stable: kind, config
+    pairs = [pair for pair in pairs if pair[0] in FAMILIES[family]]
+    return sorted(pairs, key=lambda pair: pair[0] != SMOOTHING_VS_ZERO)  # stable: contrast, config
 
 
 def plan_comparisons(
-    configs: list[Config], benchmarks: list[str], values: Values, metrics: tuple[str, ...]
+    configs: list[Config],
+    benchmarks: list[str],
+    values: Values,
+    metrics: tuple[str, ...],
+    family: Family = "all",
 ) -> tuple[list[Comparison], list[str]]:
-    """Every pair on every benchmark and metric; where only one side has values it is skipped."""
+    """Every pair of the family on every benchmark and metric; where only one side has values
+    it is skipped."""
     planned, skipped = [], []
-    for kind, a, b in comparison_pairs(configs):
+    for contrast, a, b in comparison_pairs(configs, family):
         for benchmark in benchmarks:
             for metric in metrics:
-                columns = {"kind": kind, "model": a.model, "sft_dataset": a.sft_dataset,
-                           "benchmark": benchmark, "metric": metric, "config_a": a.label,
-                           "lr_a": a.lr, "config_b": b.label, "lr_b": b.lr}  # fmt: skip
+                columns = {"contrast": contrast, "model": a.model, "sft_dataset": a.sft_dataset,
+                           "benchmark": benchmark, "metric": metric, "smoothing_a": a.smoothing,
+                           "smoothing_b": b.smoothing, "config_a": a.label, "config_b": b.label,
+                           "lr_a": a.lr, "lr_b": b.lr}  # fmt: skip
                 va, vb = values.get((a, benchmark, metric)), values.get((b, benchmark, metric))
                 if va and vb:
                     planned.append(Comparison(columns, va, vb))
@@ -280,33 +306,44 @@ def run_family(
 ) -> tuple[pl.DataFrame, list[str]]:
     """Run every comparison, Holm-correct across all that ran; returns (results, skipped).
 
-    Paired tests use the languages both sides have, aligned by name; Welch every value of each
-    side. Fewer than 2 languages on a side: skipped and named, so the family is exactly the tests
-    run. `significant` = p_holm < alpha.
+    Paired tests use the languages both sides have, aligned by name (`only_a`, `only_b` name the
+    others); Welch every value of each side. Fewer than 2 languages on a side: skipped and named,
+    so the family is exactly the tests run. `t` holds the t statistic, `W` Wilcoxon's;
+    `significant` = p_holm < alpha.
     """
     rows, skipped = [], []
     for comparison in comparisons:
         a, b = comparison.a, comparison.b
+        only = {"only_a": "", "only_b": ""}
         if test == "welch":
             xa, xb = list(a.values()), list(b.values())
         else:
             common = sorted(a.keys() & b.keys())
             xa, xb = [a[k] for k in common], [b[k] for k in common]
+            only = {"only_a": ", ".join(sorted(a.keys() - b.keys())),
+                    "only_b": ", ".join(sorted(b.keys() - a.keys()))}  # fmt: skip
         try:
             with np.errstate(all="ignore"):
                 result = compare(np.array(xa), np.array(xb), test)
         except ValueError as error:
             skipped.append(f"{comparison.name}: {error}")
             continue
-        rows.append({**comparison.columns, **vars(result)})
-    table = pl.DataFrame(rows, schema={**COMPARISON_COLUMNS, **RESULT_SCHEMA})
+        fields = vars(result).copy()
+        statistic = fields.pop("statistic")
+        fields["t"], fields["W"] = (None, statistic) if test == "wilcoxon" else (statistic, None)
+        rows.append({**comparison.columns, **fields, **only})
+    schema = {**COMPARISON_COLUMNS, **RESULT_SCHEMA, **dict.fromkeys(LANGUAGE_COLUMNS, pl.String)}
+    table = pl.DataFrame(rows, schema=schema)
     adjusted = holm(table["p"].to_numpy())
+    order = [*COMPARISON_COLUMNS, "n", "n_a", "n_b", "mean_a", "mean_b", "mean_diff", "t", "W",
+             "df", "p", "p_holm", "significant", "effect_size", "effect_kind", "test",
+             *LANGUAGE_COLUMNS]  # fmt: skip
     return table.with_columns(
         test=pl.lit(test),
         effect_kind=pl.lit(EFFECT_KIND[test]),
         p_holm=pl.Series(adjusted, dtype=pl.Float64),
         significant=pl.Series(np.nan_to_num(adjusted, nan=1.0) < alpha, dtype=pl.Boolean),
-    ), skipped
+    ).select(order), skipped
 
 
 def table1(
@@ -331,17 +368,21 @@ def table1(
               "lr": pl.Float64, "config": pl.String, "benchmark": pl.String,
               "metric": pl.String, "mean": pl.Float64, "n_languages": pl.Int64}  # fmt: skip
     group = ["model", "sft_dataset", "benchmark", "metric"]
-    higher = pl.col("metric").replace_strict(HIGHER_IS_BETTER, return_dtype=pl.Boolean)
+    # a metric without a direction (not in HIGHER_IS_BETTER) has no best value
+    higher = pl.col("metric").replace_strict(
+        HIGHER_IS_BETTER, default=None, return_dtype=pl.Boolean
+    )
     best = pl.when(higher).then(pl.col("mean").max()).otherwise(pl.col("mean").min()).over(group)
     table = pl.DataFrame(rows, schema=schema).with_columns(
         best=(pl.col("sft_dataset") != BASE_DATASET)
         & (pl.len().over(group) > 1)
+        & higher.is_not_null()
         & (pl.col("mean") == best)
     )
     keys = ["model", "sft_dataset", "config", "benchmark", "metric"]
     marks = []
     for kind, name in ((SMOOTHING_VS_ZERO, "vs_smoothing0"), (TUNED_VS_BASE, "vs_base")):
-        p = comparisons.filter(pl.col("kind") == kind).rename({"config_a": "config"})
+        p = comparisons.filter(pl.col("contrast") == kind).rename({"config_a": "config"})
         p = p.select(*keys, pl.col("p_holm").alias(f"p_holm_{name}"))
         table = table.join(p, on=keys, how="left", maintain_order="left")
         marks.append(pl.when(pl.col(f"p_holm_{name}") < alpha).then(pl.lit(MARKS[kind])))

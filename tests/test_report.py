@@ -203,11 +203,12 @@ def test_table1_means_match_hand_computation(report, table: pl.DataFrame) -> Non
     t1 = report.table1
     assert t1.height == (len(CONFIGS) * 2 + 2) * 2 * 4  # configs (+ base) x benchmarks x metrics
     for row in t1.iter_rows(named=True):
-        lr = None if row["sft_dataset"] == "none" else best_lr(row["smoothing"])
+        base = row["sft_dataset"] == "base"  # the report's label; the sweep writes "none"
+        lr = None if base else best_lr(row["smoothing"])
         expected = np.mean(
             list(
                 values_of(
-                    table, row["model"], row["sft_dataset"], row["smoothing"], lr,
+                    table, row["model"], "none" if base else row["sft_dataset"], row["smoothing"], lr,
                     row["benchmark"], row["metric"],
                 ).values()
             )
@@ -221,7 +222,7 @@ def test_comparisons_match_scipy_and_holm(report, table: pl.DataFrame) -> None:
     # per (model, dataset): 1 smoothing comparison + 2 vs base; x 2 benchmarks x 4 metrics
     assert c.height == len(CONFIGS) * 3 * 2 * 4 and report.skipped == []
     row = c.filter(
-        (pl.col("kind") == "smoothing vs 0") & (pl.col("model") == "m1")
+        (pl.col("contrast") == "smoothing vs 0") & (pl.col("model") == "m1")
         & (pl.col("sft_dataset") == "tulu") & (pl.col("benchmark") == "mmlu_prox")
         & (pl.col("metric") == "ece")
     ).row(0, named=True)  # fmt: skip
@@ -229,7 +230,7 @@ def test_comparisons_match_scipy_and_holm(report, table: pl.DataFrame) -> None:
     b = values_of(table, "m1", "tulu", 0.0, 1e-5, "mmlu_prox", "ece")
     langs = sorted(a)
     ref = stats.ttest_rel([a[x] for x in langs], [b[x] for x in langs])
-    assert (row["statistic"], row["p"], row["n"]) == pytest.approx((ref.statistic, ref.pvalue, 9))
+    assert (row["t"], row["p"], row["n"]) == pytest.approx((ref.statistic, ref.pvalue, 9))
     assert row["mean_diff"] == pytest.approx(np.mean([a[x] - b[x] for x in langs]))
     assert c["p_holm"].to_numpy() == pytest.approx(holm(c["p"].to_numpy()))
     assert row["significant"] and row["mean_diff"] < 0
@@ -239,7 +240,7 @@ def test_comparisons_match_scipy_and_holm(report, table: pl.DataFrame) -> None:
 def test_other_tests_match_scipy(table: pl.DataFrame, test: str) -> None:
     c = build_report(table, test=test).comparisons
     row = c.filter(
-        (pl.col("kind") == "tuned vs base") & (pl.col("model") == "m2")
+        (pl.col("contrast") == "tuned vs base") & (pl.col("model") == "m2")
         & (pl.col("config_a") == "alpaca ls=0") & (pl.col("benchmark") == "global_mmlu")
         & (pl.col("metric") == "accuracy")
     ).row(0, named=True)  # fmt: skip
@@ -247,16 +248,18 @@ def test_other_tests_match_scipy(table: pl.DataFrame, test: str) -> None:
     b = values_of(table, "m2", "none", None, None, "global_mmlu", "accuracy")
     xa, xb = [a[k] for k in sorted(a)], [b[k] for k in sorted(a)]
     ref = stats.ttest_ind(xa, xb, equal_var=False) if test == "welch" else stats.wilcoxon(xa, xb)
-    assert (row["statistic"], row["p"]) == pytest.approx((ref.statistic, ref.pvalue))
+    assert (row["W" if test == "wilcoxon" else "t"], row["p"]) == pytest.approx(
+        (ref.statistic, ref.pvalue)
+    )
 
 
 def test_bold_and_significance_marks(report, tmp_path: Path) -> None:
     t1 = report.table1
-    ece = t1.filter((pl.col("metric") == "ece") & (pl.col("sft_dataset") != "none"))
+    ece = t1.filter((pl.col("metric") == "ece") & (pl.col("sft_dataset") != "base"))
     # lower ECE is better: smoothing 0.1 is bold, and marked as differing from smoothing 0
     assert ece.filter(pl.col("best"))["smoothing"].to_list() == [0.1] * 6
     assert all("*" in m for m in ece.filter(pl.col("smoothing") == 0.1)["marks"])
-    assert not t1.filter(pl.col("sft_dataset") == "none")["best"].any()  # base: group of one
+    assert not t1.filter(pl.col("sft_dataset") == "base")["best"].any()  # base: group of one
     assert not any("*" in m for m in t1.filter(pl.col("smoothing") == 0.0)["marks"])
     for row in t1.iter_rows(named=True):  # marks agree with the Holm p-values
         assert ("*" in row["marks"]) == ((row["p_holm_vs_smoothing0"] or 1) < 0.05)

@@ -1,0 +1,132 @@
+"""The report's findings: sentences written from the comparisons, so they follow the numbers.
+
+Per contrast and metric, over the contrast's model x dataset x benchmark configurations: in how
+many the metric is higher or lower, how many of those differences are significant (Holm-adjusted
+p < alpha), and the mean difference A - B. Contrasts: smoothing beta vs 0, one per beta; tuned vs
+base, one per smoothing value of the tuned side. Direction words come from
+evaluators.metrics.HIGHER_IS_BETTER ("lower (better)"); entropy and metrics calsweep does not
+know get "higher"/"lower" alone: lower entropy is a convention in Table 1, not a quality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from evaluators.metrics import HIGHER_IS_BETTER
+from orchestrator.stats import FAMILIES, SMOOTHING_VS_ZERO
+
+METRIC_NAMES = {
+    "accuracy": "accuracy", "entropy": "entropy", "ece": "ECE", "rms": "RMS calibration error",
+    "nll": "NLL", "brier": "Brier score", "mad": "MAD", "sce": "SCE", "ace": "ACE",
+}  # fmt: skip
+UNITS = {"entropy": " bits"}
+NO_VERDICT = ("entropy",)  # direction words without better/worse
+TEST_NAMES = {
+    "paired": "paired t-test over languages",
+    "welch": "Welch's t-test over languages",
+    "wilcoxon": "Wilcoxon signed-rank test over languages",
+}
+UNIT = "model × dataset × benchmark configurations"
+LEAD = ("ece", "rms", "accuracy", "entropy")  # calibration first: it is the study's question
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One contrast and metric, counted over its configurations (one test each)."""
+
+    contrast: str  # e.g. "Smoothing 0.1 vs 0", "Tuned (smoothing 0) vs base"
+    metric: str
+    configurations: int
+    higher: int
+    lower: int
+    significant_higher: int
+    significant_lower: int
+    mean_diff: float  # mean over configurations of (mean A - mean B) over languages
+
+    def _word(self, higher: bool) -> str:
+        word = "higher" if higher else "lower"
+        better = HIGHER_IS_BETTER.get(self.metric)
+        if better is None or self.metric in NO_VERDICT:
+            return word
+        return f"{word} ({'better' if better == higher else 'worse'})"
+
+    def sentence(self) -> str:
+        """E.g. "Smoothing 0.1 vs 0: ECE lower (better) in 18 of 18 model × dataset × benchmark
+        configurations, significantly in 17; mean difference -0.077." The direction most
+        configurations take comes first, the other (and unchanged ones) after it."""
+        name = METRIC_NAMES.get(self.metric, self.metric)
+        sides = [
+            (self.higher, self.significant_higher, self._word(True)),
+            (self.lower, self.significant_lower, self._word(False)),
+        ]
+        (most, most_significant, most_word), (other, other_significant, other_word) = sorted(
+            sides, key=lambda side: -side[0]
+        )
+        text = (
+            f"{self.contrast}: {name} {most_word} in {most} of {self.configurations} {UNIT}, "
+            f"significantly in {most_significant}"
+        )
+        if other:
+            text += f"; {other_word} in {other}, significantly in {other_significant}"
+        if unchanged := self.configurations - self.higher - self.lower:
+            text += f"; unchanged in {unchanged}"
+        unit = UNITS.get(self.metric, "")
+        return f"{text}; mean difference {self.mean_diff:+.3f}{unit}."
+
+
+def _contrast_label(contrast: str, smoothing: float) -> str:
+    if contrast == SMOOTHING_VS_ZERO:
+        return f"Smoothing {smoothing:g} vs 0"
+    return f"Tuned (smoothing {smoothing:g}) vs base"
+
+
+def findings(comparisons: pl.DataFrame, metrics: tuple[str, ...]) -> list[list[Finding]]:
+    """One list of findings per contrast group (in the order smoothing vs 0 by beta, then tuned
+    vs base by smoothing), each with one finding per metric: calibration first (LEAD), then the
+    others in `metrics` order."""
+    metrics = (*(m for m in LEAD if m in metrics), *(m for m in metrics if m not in LEAD))
+    if comparisons.height == 0:
+        return []
+    up, down = pl.col("mean_diff") > 0, pl.col("mean_diff") < 0
+    counted = (
+        comparisons.group_by("contrast", "smoothing_a", "metric")
+        .agg(
+            configurations=pl.len(),
+            higher=up.sum(),
+            lower=down.sum(),
+            significant_higher=(up & pl.col("significant")).sum(),
+            significant_lower=(down & pl.col("significant")).sum(),
+            mean_diff=pl.col("mean_diff").mean(),
+        )
+        .with_columns(
+            order=pl.col("contrast") != SMOOTHING_VS_ZERO,
+            metric_order=pl.col("metric").replace_strict(
+                {m: i for i, m in enumerate(metrics)}, default=len(metrics)
+            ),
+        )
+        .sort("order", "smoothing_a", "metric_order", "metric")
+    )
+    groups: list[list[Finding]] = []
+    for (contrast, smoothing), rows in counted.group_by(
+        "contrast", "smoothing_a", maintain_order=True
+    ):
+        label = _contrast_label(str(contrast), float(smoothing))  # type: ignore[arg-type]
+        counts = rows.select(
+            "metric", "configurations", "higher", "lower", "significant_higher",
+            "significant_lower", "mean_diff",
+        )  # fmt: skip
+        groups.append([Finding(label, *r) for r in counts.iter_rows()])
+    return groups
+
+
+def method_sentence(test: str, alpha: float, family: str, n_tests: int) -> str:
+    """How the counts above were made: the test, the Holm family and its size, alpha."""
+    contrasts = " and ".join(FAMILIES[family])  # type: ignore[index]
+    return (
+        f"Each configuration is tested against its reference with a {TEST_NAMES[test]} "
+        "(differences are A - B, e.g. smoothing 0.1 minus smoothing 0, averaged over languages "
+        f'and then configurations); "significantly" means Holm-adjusted p < {alpha} over the '
+        f"{n_tests} tests of the family ({contrasts})."
+    )
