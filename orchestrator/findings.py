@@ -30,6 +30,7 @@ TEST_NAMES = {
 }
 UNIT = "model × dataset × benchmark configurations"
 LEAD = ("ece", "rms", "accuracy", "entropy")  # calibration first: it is the study's question
+NAMED_EXCEPTIONS = 3  # configurations going against the majority are named up to this many
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Finding:
     significant_higher: int
     significant_lower: int
     mean_diff: float  # mean over configurations of (mean A - mean B) over languages
+    higher_in: tuple[str, ...] = ()  # the configurations ("model dataset benchmark")
+    lower_in: tuple[str, ...] = ()
 
     def _word(self, higher: bool) -> str:
         word = "higher" if higher else "lower"
@@ -58,18 +61,19 @@ class Finding:
         configurations take comes first, the other (and unchanged ones) after it."""
         name = METRIC_NAMES.get(self.metric, self.metric)
         sides = [
-            (self.higher, self.significant_higher, self._word(True)),
-            (self.lower, self.significant_lower, self._word(False)),
+            (self.higher, self.significant_higher, self._word(True), self.higher_in),
+            (self.lower, self.significant_lower, self._word(False), self.lower_in),
         ]
-        (most, most_significant, most_word), (other, other_significant, other_word) = sorted(
-            sides, key=lambda side: -side[0]
+        (most, most_significant, most_word, _), (other, other_significant, other_word, names) = (
+            sorted(sides, key=lambda side: -side[0])
         )
         text = (
             f"{self.contrast}: {name} {most_word} in {most} of {self.configurations} {UNIT}, "
             f"significantly in {most_significant}"
         )
         if other:
-            text += f"; {other_word} in {other}, significantly in {other_significant}"
+            which = f" ({', '.join(names)})" if names and other <= NAMED_EXCEPTIONS else ""
+            text += f"; {other_word} in {other}{which}, significantly in {other_significant}"
         if unchanged := self.configurations - self.higher - self.lower:
             text += f"; unchanged in {unchanged}"
         unit = UNITS.get(self.metric, "")
@@ -90,6 +94,7 @@ def findings(comparisons: pl.DataFrame, metrics: tuple[str, ...]) -> list[list[F
     if comparisons.height == 0:
         return []
     up, down = pl.col("mean_diff") > 0, pl.col("mean_diff") < 0
+    name = pl.concat_str("model", "sft_dataset", "benchmark", separator=" ")
     counted = (
         comparisons.group_by("contrast", "smoothing_a", "metric")
         .agg(
@@ -99,6 +104,8 @@ def findings(comparisons: pl.DataFrame, metrics: tuple[str, ...]) -> list[list[F
             significant_higher=(up & pl.col("significant")).sum(),
             significant_lower=(down & pl.col("significant")).sum(),
             mean_diff=pl.col("mean_diff").mean(),
+            higher_in=name.filter(up),
+            lower_in=name.filter(down),
         )
         .with_columns(
             order=pl.col("contrast") != SMOOTHING_VS_ZERO,
@@ -115,9 +122,11 @@ def findings(comparisons: pl.DataFrame, metrics: tuple[str, ...]) -> list[list[F
         label = _contrast_label(str(contrast), float(smoothing))  # type: ignore[arg-type]
         counts = rows.select(
             "metric", "configurations", "higher", "lower", "significant_higher",
-            "significant_lower", "mean_diff",
+            "significant_lower", "mean_diff", "higher_in", "lower_in",
         )  # fmt: skip
-        groups.append([Finding(label, *r) for r in counts.iter_rows()])
+        groups.append(
+            [Finding(label, *r[:-2], tuple(r[-2]), tuple(r[-1])) for r in counts.iter_rows()]
+        )
     return groups
 
 

@@ -148,7 +148,7 @@ def lr_selection(
         )
     selection = select_lr(selection_rows, select_lr_by)
     if tuned.filter(pl.col("lr").is_not_null()).height:
-        notes.append(f"Learning rate {how}; by mean {select_lr_by}.")
+        notes.append(f"Learning rate selected by mean {select_lr_by} {how}.")
         with_lr = tuned.filter(pl.col("lr").is_not_null())
         if (unselected := with_lr.join(selection, on=keys, how="anti").unique(keys)).height:
             names = ", ".join(
@@ -156,6 +156,10 @@ def lr_selection(
             )
             notes.append(f"Left out, no rows to select an lr on: {names}.")
     return selection, rows, notes
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def describe(configs: list[Config], values: Values) -> str:
@@ -169,9 +173,10 @@ def describe(configs: list[Config], values: Values) -> str:
         languages.setdefault(benchmark, set()).update(by_language)
     bases = sum(c.is_base for c in configs)
     return (
-        f"Compared: {len(configs)} configurations of {len(models)} model(s) "
-        f"({', '.join(models)}): {bases} base, tuned on {', '.join(datasets) or 'nothing'} with "
-        f"smoothing {', '.join(f'{x:g}' for x in smoothing) or '-'}; benchmarks "
+        f"Compared: {len(configs)} configurations of {_count(len(models), 'model')} "
+        f"({', '.join(models)}): {_count(bases, 'base model')}, tuned on "
+        f"{', '.join(datasets) or 'nothing'} with smoothing "
+        f"{', '.join(f'{x:g}' for x in smoothing) or '-'}; benchmarks "
         + ", ".join(f"{b} ({len(langs)} languages)" for b, langs in sorted(languages.items()))
         + "."
     )

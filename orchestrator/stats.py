@@ -185,10 +185,10 @@ def split_for_selection(table: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     if "split" in table.columns:
         is_dev = pl.col("split").is_in(SELECTION_SPLITS)
         if table.filter(is_dev).height:
-            how = "selected on the dev/validation rows; the report uses the other rows"
+            how = "on the dev/validation rows; the report uses the other rows"
             return table.filter(is_dev), table.filter(~is_dev), how
     how = (
-        "selected on the reported rows themselves (the table has no dev/validation rows): "
+        "on the reported rows themselves (the table has no dev/validation rows): "
         "optimistic, since selection and tests see the same data"
     )
     return table, table, how

@@ -68,7 +68,7 @@ def test_findings_follow_the_numbers() -> None:
     after = sentences(table(bump=0.15))
     assert after[("Smoothing 0.1 vs 0", "ece")] == (
         "Smoothing 0.1 vs 0: ECE lower (better) in 3 of 4 model × dataset × benchmark "
-        "configurations, significantly in 3; higher (worse) in 1, significantly in 1; "
+        "configurations, significantly in 3; higher (worse) in 1 (m d2 b2), significantly in 1; "
         f"mean difference {smoothing_difference(table(bump=0.15), 'ece'):+.3f}."
     )
     assert after[("Smoothing 0.1 vs 0", "accuracy")] == before[("Smoothing 0.1 vs 0", "accuracy")]

@@ -208,8 +208,8 @@ def test_table1_means_match_hand_computation(report, table: pl.DataFrame) -> Non
         expected = np.mean(
             list(
                 values_of(
-                    table, row["model"], "none" if base else row["sft_dataset"], row["smoothing"], lr,
-                    row["benchmark"], row["metric"],
+                    table, row["model"], "none" if base else row["sft_dataset"],
+                    row["smoothing"], lr, row["benchmark"], row["metric"],
                 ).values()
             )
         )  # fmt: skip
