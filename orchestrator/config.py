@@ -74,6 +74,9 @@ class TrainingConfig(Strict):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     log_every_steps: PositiveInt = 1
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0 = only the final checkpoint
+    # Also one when this many minutes passed since the last (0 = off): a run of unknown speed
+    # still loses at most this much to a failure, and a fast one does not write terabytes.
+    checkpoint_every_minutes: Annotated[float, Field(ge=0)] = 0.0
     max_failures: Annotated[int, Field(ge=0)] = 1
     # Micro-batches of similar-length sequences in a seeded order: less padding, same exact loss.
     length_grouped: bool = True

@@ -244,6 +244,21 @@ def test_two_workers_with_grad_accum_equal_one_process_on_the_whole_batch(
         torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.integration
+def test_checkpoints_by_the_clock_are_taken_by_every_rank_together(
+    ray_cluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # A minute of 60 microseconds: rank 0's clock asks after every step; no step-based ones.
+    s = settings(tiny_model_dir, max_steps=3, checkpoint_every_minutes=1e-6)
+    result, reports = fit(s, tmp_path, "by-clock")
+
+    assert [r["step"] for r in reports] == [1, 2, 3]
+    kept = {Path(c.path).name: Path(c.path) for c, _ in result.best_checkpoints}
+    assert sorted(kept) == ["checkpoint_final", "checkpoint_step000002"]  # keeps 2: step 1 went
+    shards = [p.name for p in kept["checkpoint_step000002"].rglob("*optim_states.pt")]
+    assert sorted(shards) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+
+
 def crash_once_after_step(config: dict[str, Any]) -> None:
     """`train_func`, but worker 1 dies (os._exit, no cleanup) right after reporting step
     ``crash_after_step``, the first time only (a marker file remembers). It first waits until

@@ -33,6 +33,7 @@ class TrainSettings:
     precision: str = "bf16"
     log_every_steps: int = 1
     checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0  # also by the clock; 0 = off
     length_grouped: bool = True
 
     def to_dict(self) -> dict[str, Any]:

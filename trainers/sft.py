@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between resumable DeepSpeed checkpoints (0: only the final one)",
     )
     p.add_argument(
+        "--checkpoint-every-minutes",
+        type=float,
+        default=d.checkpoint_every_minutes,
+        help="also a resumable checkpoint when this many minutes passed since the last (0: off)",
+    )
+    p.add_argument(
         "--max-failures",
         type=int,
         default=1,
@@ -161,6 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         zero_stage=args.zero_stage,
         precision=args.precision,
         checkpoint_every_steps=args.checkpoint_every,
+        checkpoint_every_minutes=args.checkpoint_every_minutes,
         length_grouped=not args.no_length_grouping,
     )
 

@@ -228,15 +228,22 @@ def train_func(config: dict[str, Any]) -> None:
                 f"{dropout_attributes or 'nothing (the architecture has none)'}; ZeRO-"
                 f"{zero_stage(s, world)} {s.precision}; starting at step {start_step}"
             )
+        last_checkpoint = time.monotonic()
         for step in range(start_step, total):
-            metrics = _train_step(engine, s, examples, schedule[step], step, total, pad_id)
+            clock_due = _clock_wants_checkpoint(s, rank, last_checkpoint)
+            metrics = _train_step(
+                engine, s, examples, schedule[step], step, total, pad_id, clock_due
+            )
+            checkpoint_by_clock = metrics.pop("checkpoint_by_clock")
             metrics["train/skipped_rows"] = float(sum(skipped.values()))
             failure = _nonfinite(metrics, s.precision)
             if failure is not None:
                 _report_nonfinite(failure, metrics, rank)
                 return
             done = step + 1
-            checkpoint_due = s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0
+            checkpoint_due = checkpoint_by_clock or (
+                s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0
+            )
             if done < total and not checkpoint_due and done % s.log_every_steps:
                 continue
             if replay is not None:
@@ -246,11 +253,19 @@ def train_func(config: dict[str, Any]) -> None:
                 _report_final(engine, tokenizer, metrics, rank)
             elif checkpoint_due:
                 _report_resumable(engine, metrics, done, history)
+                last_checkpoint = time.monotonic()
             else:
                 ray.train.report(metrics)
     finally:
         if owns_process_group:
             torch.distributed.destroy_process_group()
+
+
+def _clock_wants_checkpoint(s: TrainSettings, rank: int, last_checkpoint: float) -> bool:
+    """`checkpoint_every_minutes` passed since `last_checkpoint` (monotonic seconds), on rank 0's
+    clock only: ranks' clocks differ, and the step's all-reduce tells every rank to save."""
+    minutes = s.checkpoint_every_minutes
+    return rank == 0 and minutes > 0 and time.monotonic() - last_checkpoint >= 60 * minutes
 
 
 def _nonfinite(metrics: dict[str, Any], precision: str) -> NonFiniteLossError | None:
@@ -267,14 +282,17 @@ def _nonfinite(metrics: dict[str, Any], precision: str) -> NonFiniteLossError | 
     return None
 
 
-def _train_step(engine, s, examples, step_indices, step, total, pad_id) -> dict[str, Any]:
-    """One optimizer step (0-based ``step``) and its metrics, global: the same on every rank."""
+def _train_step(
+    engine, s, examples, step_indices, step, total, pad_id, wants_checkpoint
+) -> dict[str, Any]:
+    """One optimizer step (0-based ``step``) and its metrics, global: the same on every rank.
+    ``checkpoint_by_clock``: whether any rank asked for a checkpoint (``wants_checkpoint``)."""
     rank = torch.distributed.get_rank()
     # Dropout masks depend on (seed, step, rank) only: a resumed run draws the same ones.
     torch.manual_seed((s.seed * 1_000_003 + step) * 1_009 + rank)
     started = time.perf_counter()
     lr = engine.get_lr()[0]  # the rate this step's update uses
-    stats = _optimizer_step(engine, s, examples, step_indices, rank, pad_id)
+    stats = _optimizer_step(engine, s, examples, step_indices, rank, pad_id, wants_checkpoint)
     seconds = time.perf_counter() - started
     metrics = {
         "step": step + 1,
@@ -286,13 +304,16 @@ def _train_step(engine, s, examples, step_indices, step, total, pad_id) -> dict[
         "train/padding_fraction": 1.0 - stats["tokens"] / stats["padded_tokens"],
         "train/loss_tokens": stats["loss_tokens"],
         "train/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "checkpoint_by_clock": stats["checkpoint_votes"] > 0,
     }
     if engine.get_global_grad_norm() is not None:  # None where DeepSpeed does not compute it
         metrics["train/grad_norm"] = float(engine.get_global_grad_norm())
     return metrics
 
 
-def _optimizer_step(engine, s, examples, step_indices, rank, pad_id) -> dict[str, float]:
+def _optimizer_step(
+    engine, s, examples, step_indices, rank, pad_id, wants_checkpoint
+) -> dict[str, float]:
     """Forward/backward this rank's micro-batches, then update unless the loss is non-finite.
 
     Returns global sums over the effective batch (all ranks agree, so they stop together).
@@ -302,7 +323,9 @@ def _optimizer_step(engine, s, examples, step_indices, rank, pad_id) -> dict[str
     # DeepSpeed divides by grad-accum steps and averages over ranks; undo both so the gradient
     # is that of (sum of token losses over the whole effective batch) / global_tokens.
     scale = s.grad_accum_steps * world / global_tokens
-    local = torch.zeros(3, dtype=torch.float64)  # loss sum, real tokens, padded tokens
+    # loss sum, real tokens, padded tokens, ranks asking for a checkpoint (checkpoints by the
+    # clock ride on this all-reduce instead of adding a collective per step)
+    local = torch.tensor([0.0, 0.0, 0.0, float(wants_checkpoint)], dtype=torch.float64)
     micro = rank_micro_batches(step_indices, s, rank)
     for accum, indices in enumerate(micro):
         batch = collate([examples[i] for i in indices], pad_id)
@@ -314,7 +337,7 @@ def _optimizer_step(engine, s, examples, step_indices, rank, pad_id) -> dict[str
         if accum < len(micro) - 1:
             engine.step()  # only counts the micro-step: DeepSpeed updates at the boundary
         real = float(batch["attention_mask"].sum())
-        local += torch.tensor([loss_sum.item(), real, float(batch["input_ids"].numel())])
+        local[:3] += torch.tensor([loss_sum.item(), real, float(batch["input_ids"].numel())])
     # One small all-reduce per step (a sync point): the reported loss and the non-finite check
     # are global, so every rank takes the same branch below.
     torch.distributed.all_reduce(local)
@@ -325,6 +348,7 @@ def _optimizer_step(engine, s, examples, step_indices, rank, pad_id) -> dict[str
         "tokens": local[1].item(),
         "padded_tokens": local[2].item(),
         "loss_tokens": float(global_tokens),
+        "checkpoint_votes": local[3].item(),
     }
 
 
