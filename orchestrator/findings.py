@@ -1,4 +1,5 @@
-"""The report's findings: sentences written from the comparisons, so they follow the numbers.
+"""The report's findings: sentences written from the comparisons, so they follow the numbers;
+and the notes on what was compared (`describe`, `language_notes`).
 
 Per contrast and metric, over the contrast's model x dataset x benchmark configurations: in how
 many the metric is higher or lower, how many of those differences are significant (Holm-adjusted
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from evaluators.metrics import HIGHER_IS_BETTER
-from orchestrator.stats import FAMILIES, SMOOTHING_VS_ZERO
+from orchestrator.stats import FAMILIES, SMOOTHING_VS_ZERO, Config, Values
 
 METRIC_NAMES = {
     "accuracy": "accuracy", "entropy": "entropy", "ece": "ECE", "rms": "RMS calibration error",
@@ -139,3 +140,43 @@ def method_sentence(test: str, alpha: float, family: str, n_tests: int) -> str:
         f'and then configurations); "significantly" means Holm-adjusted p < {alpha} over the '
         f"{n_tests} tests of the family ({contrasts})."
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def describe(configs: list[Config], values: Values) -> str:
+    """One sentence on what the table holds: models, datasets, smoothing values, benchmarks."""
+    tuned = [c for c in configs if not c.is_base]
+    models = sorted({c.model for c in configs})
+    datasets = sorted({c.sft_dataset for c in tuned})
+    smoothing = sorted({c.smoothing for c in tuned if c.smoothing is not None})
+    languages: dict[str, set[str]] = {}
+    for (_, benchmark, _), by_language in values.items():
+        languages.setdefault(benchmark, set()).update(by_language)
+    bases = sum(c.is_base for c in configs)
+    return (
+        f"Compared: {len(configs)} configurations of {_count(len(models), 'model')} "
+        f"({', '.join(models)}): {_count(bases, 'base model')}, tuned on "
+        f"{', '.join(datasets) or 'nothing'} with smoothing "
+        f"{', '.join(f'{x:g}' for x in smoothing) or '-'}; benchmarks "
+        + ", ".join(f"{b} ({len(langs)} languages)" for b, langs in sorted(languages.items()))
+        + "."
+    )
+
+
+def language_notes(comparisons: pl.DataFrame) -> list[str]:
+    """Where the two sides of a paired test have different languages: which were left out."""
+    gaps = comparisons.filter((pl.col("only_a") != "") | (pl.col("only_b") != ""))
+    gaps = gaps.unique(["model", "config_a", "config_b", "benchmark"], maintain_order=True)
+    notes = []
+    for r in gaps.iter_rows(named=True):
+        sides = [f"{r['config_b']} has {r['only_b']} that {r['config_a']} lacks"] * bool(
+            r["only_b"]
+        ) + [f"{r['config_a']} has {r['only_a']} that {r['config_b']} lacks"] * bool(r["only_a"])
+        notes.append(
+            f"{r['model']} {r['benchmark']}: {'; '.join(sides)}; paired on the {r['n']} "
+            "languages both have."
+        )
+    return notes

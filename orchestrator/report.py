@@ -10,7 +10,8 @@ Outputs in `--out` (default ./report-<experiment or file stem>): report.md, repo
 configuration x benchmark x metric, with its mean, bold flag, Holm p-values and marks).
 
 The report opens with its findings (orchestrator.findings: sentences counted from the tests),
-then Table 1, the per-language values, and ends with the table of every comparison.
+then Table 1, the per-language values, and ends with the table of every comparison; one list of
+blocks is written as markdown and as HTML (orchestrator.render).
 
 What is compared and how (details in orchestrator.stats):
 - A configuration is (model, sft_dataset, smoothing) with one lr: the table's own where its lr
@@ -31,7 +32,6 @@ What is compared and how (details in orchestrator.stats):
 from __future__ import annotations
 
 import argparse
-import html
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -42,7 +42,8 @@ import numpy as np
 import polars as pl
 
 from evaluators.metrics import HIGHER_IS_BETTER
-from orchestrator.findings import Finding, findings, method_sentence
+from orchestrator.findings import Finding, describe, findings, language_notes, method_sentence
+from orchestrator.render import Block, Bold, Table, to_html, to_markdown
 from orchestrator.stats import (
     EFFECT_KIND,
     FAMILIES,
@@ -158,46 +159,6 @@ def lr_selection(
     return selection, rows, notes
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
-def describe(configs: list[Config], values: Values) -> str:
-    """One sentence on what the table holds: models, datasets, smoothing values, benchmarks."""
-    tuned = [c for c in configs if not c.is_base]
-    models = sorted({c.model for c in configs})
-    datasets = sorted({c.sft_dataset for c in tuned})
-    smoothing = sorted({c.smoothing for c in tuned if c.smoothing is not None})
-    languages: dict[str, set[str]] = {}
-    for (_, benchmark, _), by_language in values.items():
-        languages.setdefault(benchmark, set()).update(by_language)
-    bases = sum(c.is_base for c in configs)
-    return (
-        f"Compared: {len(configs)} configurations of {_count(len(models), 'model')} "
-        f"({', '.join(models)}): {_count(bases, 'base model')}, tuned on "
-        f"{', '.join(datasets) or 'nothing'} with smoothing "
-        f"{', '.join(f'{x:g}' for x in smoothing) or '-'}; benchmarks "
-        + ", ".join(f"{b} ({len(langs)} languages)" for b, langs in sorted(languages.items()))
-        + "."
-    )
-
-
-def language_notes(comparisons: pl.DataFrame) -> list[str]:
-    """Where the two sides of a paired test have different languages: which were left out."""
-    gaps = comparisons.filter((pl.col("only_a") != "") | (pl.col("only_b") != ""))
-    gaps = gaps.unique(["model", "config_a", "config_b", "benchmark"], maintain_order=True)
-    notes = []
-    for r in gaps.iter_rows(named=True):
-        sides = [f"{r['config_b']} has {r['only_b']} that {r['config_a']} lacks"] * bool(
-            r["only_b"]
-        ) + [f"{r['config_a']} has {r['only_a']} that {r['config_b']} lacks"] * bool(r["only_a"])
-        notes.append(
-            f"{r['model']} {r['benchmark']}: {'; '.join(sides)}; paired on the {r['n']} "
-            "languages both have."
-        )
-    return notes
-
-
 def build_report(
     table: pl.DataFrame,
     test: str = "paired",
@@ -228,15 +189,7 @@ def build_report(
     )  # fmt: skip
 
 
-# ---- rendering: one list of blocks, written as markdown and as HTML ----------------------------
-
-
-class Bold(str):
-    """A table cell rendered in bold."""
-
-
-Table = tuple[list[str], list[list[str]]]  # header, rows
-Block = tuple[str, "str | list[str] | Table"]  # kind: h1 h2 h3 p list table
+# ---- the report's blocks (orchestrator.render writes them as markdown and as HTML) -------------
 
 
 def _num(x: float | None, spec: str = ".3f") -> str:
@@ -338,62 +291,6 @@ def _language_cells(report: Report, benchmark: str, metric: str, model: str) -> 
     languages = sorted(set().union(*by_config))
     rows = [[lang, *(_num(v.get(lang)) for v in by_config)] for lang in languages]
     return ["language", *(c.label for c in configs)], rows
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    """GitHub-flavoured markdown; `*` and `|` in text are escaped so marks stay literal."""
-
-    def text(x: str) -> str:
-        escaped = x.replace("|", "\\|").replace("*", "\\*")
-        return f"**{escaped}**" if isinstance(x, Bold) else escaped
-
-    out = []
-    for kind, payload in blocks:
-        if kind == "table":
-            head, rows = payload
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            out.append("\n".join(lines + ["| " + " | ".join(map(text, r)) + " |" for r in rows]))
-        elif kind == "list":
-            out.append("\n".join(f"- {text(item)}" for item in payload) or "- none")
-        else:
-            prefix = "#" * int(kind[1]) + " " if kind.startswith("h") else ""
-            out.append(prefix + text(payload))
-    return "\n\n".join(out) + "\n"
-
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em;font-variant-numeric:tabular-nums}"
-    "th,td{border:1px solid #ccc;padding:.2em .5em}th{background:#eee}"
-    "tr:nth-child(even){background:#f8f8f8}"
-)
-
-
-def to_html(blocks: list[Block], title: str) -> str:
-    """One self-contained page (inline CSS, no scripts, no external files) with the same content."""
-
-    def cell(x: str, tag: str = "td") -> str:
-        inner = f"<strong>{html.escape(x)}</strong>" if isinstance(x, Bold) else html.escape(x)
-        return f"<{tag}>{inner}</{tag}>"
-
-    body = []
-    for kind, payload in blocks:
-        if kind == "table":
-            head, rows = payload
-            trs = "".join("<tr>" + "".join(map(cell, r)) + "</tr>" for r in rows)
-            thead = "".join(cell(h, "th") for h in head)
-            body.append(f"<table><thead><tr>{thead}</tr></thead><tbody>{trs}</tbody></table>")
-        elif kind == "list":
-            items = "".join(f"<li>{html.escape(i)}</li>" for i in payload) or "<li>none</li>"
-            body.append(f"<ul>{items}</ul>")
-        else:
-            body.append(f"<{kind}>{html.escape(payload)}</{kind}>")
-    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
-    return (
-        f"<!DOCTYPE html>\n<html><head>{head}</head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
 
 
 def write_report(
