@@ -120,7 +120,10 @@ def record_results(
         for name in ("sweep.yaml", "plan.txt"):
             tracker.log_artifact(parent, Path(tmp) / name)
     tracker.log_artifact(parent, out / RESULTS_FILE)
-    report = write_report(table, out / "report", title=config.name)
+    # The report selects the lr by the sweep's own metric: by another one it would pick
+    # checkpoints whose test splits were never scored (only the sweep's choices were).
+    selection = config.evaluation.select_lr_by or "accuracy"
+    report = write_report(table, out / "report", select_lr_by=selection, title=config.name)
     for path in report.values():
         tracker.log_artifact(parent, path, "report")
     tracker.finish(parent, failed=bool(failed))
