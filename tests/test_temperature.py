@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from evaluators.temperature import fit_temperature, scaled_nll, scaled_probabilities
+from evaluators.temperature import (
+    LOG_T_BOUNDS,
+    MIN_DEV_QUESTIONS,
+    TemperatureWarning,
+    fit_temperature,
+    scaled_log_probabilities,
+    scaled_nll,
+    scaled_probabilities,
+)
 
 
 def random_scores(seed: int, n: int = 200) -> tuple[list[np.ndarray], list[int]]:
@@ -35,7 +44,9 @@ def test_fit_matches_a_brute_force_grid(seed: int) -> None:
     scores, gold = random_scores(seed)
     grid = np.exp(np.linspace(-3, 3, 6001))
     best = grid[np.argmin([brute_nll(scores, gold, t) for t in grid])]
-    fitted = fit_temperature(scores, gold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemperatureWarning)  # 200 questions, interior optimum
+        fitted = fit_temperature(scores, gold)
     assert fitted == pytest.approx(best, rel=2e-3)
     assert scaled_nll(scores, gold, fitted) <= brute_nll(scores, gold, 1.0) + 1e-12
 
@@ -48,11 +59,44 @@ def test_scaled_nll_and_probabilities_match_direct_formulas() -> None:
     for row, p in zip(scores, probs, strict=True):
         assert p.sum() == pytest.approx(1.0)
         assert p == pytest.approx(np.exp(row) / np.exp(row).sum())
+    for t in (0.5, 2.5):
+        logs = scaled_log_probabilities(scores, t)
+        nll = -sum(lp[g] for lp, g in zip(logs, gold, strict=True)) / len(gold)
+        assert nll == pytest.approx(brute_nll(scores, gold, t), abs=1e-12)
+
+
+def test_scaled_log_probabilities_stay_finite_where_probabilities_underflow() -> None:
+    (logs,) = scaled_log_probabilities([np.array([0.0, -2000.0])], 2.0)
+    (probs,) = scaled_probabilities([np.array([0.0, -2000.0])], 2.0)
+    assert probs[1] == 0.0
+    assert logs[1] == pytest.approx(-1000.0)
 
 
 def test_over_confident_scores_get_a_temperature_above_one() -> None:
     scores, gold = random_scores(4, n=500)
     assert fit_temperature(scores, gold) > 1.0
+
+
+def test_tiny_dev_split_warns() -> None:
+    scores, gold = random_scores(5, n=MIN_DEV_QUESTIONS - 1)
+    with pytest.warns(TemperatureWarning, match=f"only {MIN_DEV_QUESTIONS - 1} dev/validation"):
+        fit_temperature(scores, gold)
+    scores, gold = random_scores(5, n=MIN_DEV_QUESTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemperatureWarning)
+        fit_temperature(scores, gold)
+
+
+@pytest.mark.parametrize(
+    "answer, bound", [(np.argmax, 0), (np.argmin, 1)], ids=["all-right", "all-wrong"]
+)
+def test_temperature_on_its_search_bound_warns(answer, bound: int) -> None:
+    # All right: NLL falls as T -> 0; all wrong: as T -> infinity. Both stop at a bound.
+    scores, _ = random_scores(6, n=100)
+    gold = [int(answer(row)) for row in scores]
+    with pytest.warns(TemperatureWarning, match="sits on its search bound"):
+        fitted = fit_temperature(scores, gold)
+    assert math.log(fitted) == pytest.approx(LOG_T_BOUNDS[bound], abs=1e-3)
 
 
 def test_empty_dev_split_is_an_error() -> None:
