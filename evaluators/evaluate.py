@@ -5,13 +5,20 @@ Used by the Ray Data pipeline (one call per work item) and by the standalone sco
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from evaluators.benchmarks import Question, get_benchmark, load_questions
-from evaluators.metrics import MetricConfig, compute_all, pad_probabilities, reliability_bins
+from evaluators.metrics import (
+    MetricConfig,
+    bootstrap_intervals,
+    compute_all,
+    log_softmax,
+    pad_probabilities,
+    reliability_bins,
+)
 from evaluators.prompts import format_prompt
 
 if TYPE_CHECKING:  # torch: a request and its result are plain values, usable without it
@@ -42,6 +49,12 @@ class SplitResult:
     metrics: dict[str, float]
     reliability: list[dict[str, float]]
     predictions: dict[str, list[Any]]  # one entry per question, column-wise
+    # metric -> (low, high): 95% bootstrap interval (evaluators.metrics.bootstrap_intervals) of
+    # accuracy, entropy, ece, rms; empty with bootstrap_resamples 0 or from an older cache entry
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # JSON round trips turn the pairs into lists
+        self.intervals = {k: (float(lo), float(hi)) for k, (lo, hi) in self.intervals.items()}
 
 
 def fewshot_examples(request: SplitRequest) -> list[tuple[str, tuple[str, ...], int]]:
@@ -82,14 +95,17 @@ def evaluate_split(
     scores = scorer.score(prompts, [q.options for q in questions])
     rows = [option_probabilities(s) for s in scores]
     probs = pad_probabilities(rows)
+    # NLL from log-softmax of the scores: exact where a gold probability underflows to 0.
+    log_probs = pad_probabilities([log_softmax(s) for s in scores])
     gold = np.array([q.answer_index for q in questions])
-    metrics = compute_all(probs, gold, metric_config)
+    metrics = compute_all(probs, gold, metric_config, log_probs=log_probs)
     bins = reliability_bins(probs, gold, metric_config.ece_bins)
     return SplitResult(
         request=request,
         metrics=metrics,
         reliability=[asdict(b) for b in bins],
         predictions=_prediction_columns(questions, scores, rows),
+        intervals=bootstrap_intervals(probs, gold, metric_config),
     )
 
 

@@ -2,9 +2,10 @@
 
 Inputs everywhere: ``probs`` (N, K_max) float, one row of option probabilities per question,
 absent options NaN (questions may have 2..10 options, see ``pad_probabilities``); ``gold`` (N,)
-int gold option indices. Confidence = max valid option probability; prediction = argmax, ties
-broken towards the lowest option index (``np.argmax`` semantics). Definitions: DESIGN.md,
-"Calibration metrics".
+int gold option indices; optionally ``log_probs``, the same shape, the log-softmax of the option
+scores (``log_softmax``), so NLL stays exact where a probability underflows to 0. Confidence =
+max valid option probability; prediction = argmax, ties broken towards the lowest option index
+(``np.argmax`` semantics). Definitions: DESIGN.md, "Calibration metrics".
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 
 SUM_TOLERANCE = 1e-4
-NLL_FLOOR = 1e-12  # keeps -ln p(gold) finite when a model puts exactly 0 on the gold option
 
 # Entropy is descriptive, not a quality score; it is listed as False for "lower = sharper".
 HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy": True,
-    **dict.fromkeys(["entropy", "nll", "brier", "ece", "rms", "mad", "sce", "ace"], False),
+    **dict.fromkeys(
+        ["entropy", "nll", "brier", "ece", "rms", "mad", "sce", "ace", "ece_debiased"], False
+    ),
 }
 
 
 def pad_probabilities(rows: list[np.ndarray]) -> np.ndarray:
-    """Stack ragged per-question probability vectors into a NaN-padded (N, K_max) array."""
+    """Stack ragged per-question probability (or log-probability) vectors into a NaN-padded
+    (N, K_max) array."""
     if not rows:
         raise ValueError("need at least one question")
     vectors = [np.asarray(row, dtype=float) for row in rows]
@@ -71,6 +74,14 @@ def _validated(
     return probs, gold, valid
 
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """One question's option log-probabilities, s_k - logsumexp(s), float64; finite wherever the
+    scores are, even when exp() of it underflows to 0."""
+    s = np.asarray(scores, dtype=np.float64)
+    shifted = s - s.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
 def _top_label(probs: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validated (confidence, correct) per question; argmax ties go to the lowest index."""
     probs, gold, valid = _validated(probs, gold)
@@ -84,14 +95,19 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def _equal_width_bins(
-    values: np.ndarray, hits: np.ndarray, n_bins: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-bin (count, sum of values, sum of hits); bin b = (b/n, (b+1)/n], 0 goes to bin 0."""
+def _equal_width_index(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each value; bin b = (b/n, (b+1)/n], 0 goes to bin 0."""
     _check_positive("n_bins", n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # side="left" gives right-closed bins, so 1.0 lands in the last bin, not an extra one.
-    index = np.clip(np.searchsorted(edges, values, side="left") - 1, 0, n_bins - 1)
+    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, n_bins - 1)
+
+
+def _equal_width_bins(
+    values: np.ndarray, hits: np.ndarray, n_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin (count, sum of values, sum of hits) over ``_equal_width_index`` bins."""
+    index = _equal_width_index(values, n_bins)
     count = np.bincount(index, minlength=n_bins).astype(float)
     value_sum = np.bincount(index, weights=values, minlength=n_bins)
     hit_sum = np.bincount(index, weights=hits, minlength=n_bins)
@@ -105,15 +121,22 @@ def _binned_l1(values: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
     return float(np.abs(hit_sum - value_sum).sum() / values.size)
 
 
-def _equal_mass_gaps(conf: np.ndarray, hits: np.ndarray, bin_size: int) -> np.ndarray:
-    """Per-question |acc_b - conf_b| of its equal-mass bin; the last, smaller bin is kept."""
+def _equal_mass_starts(n: int, bin_size: int) -> np.ndarray:
+    """First sorted position of each equal-mass bin: max(1, n // bin_size) bins of ``bin_size``,
+    the remainder joining the last bin (1,050 at 100 -> nine of 100, one of 150)."""
     _check_positive("bin_size", bin_size)
+    return np.arange(max(1, n // bin_size)) * bin_size
+
+
+def _equal_mass_gaps(
+    conf: np.ndarray, hits: np.ndarray, bin_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin (count, acc_b - conf_b) over equal-mass bins of confidence-sorted predictions."""
     order = np.argsort(conf, kind="stable")  # equal confidences keep question order
-    gaps = np.empty(conf.size)
-    for start in range(0, conf.size, bin_size):
-        chunk = order[start : start + bin_size]
-        gaps[chunk] = abs(hits[chunk].mean() - conf[chunk].mean())
-    return gaps
+    starts = _equal_mass_starts(conf.size, bin_size)
+    count = np.diff(np.append(starts, conf.size))
+    gap = (np.add.reduceat(hits[order], starts) - np.add.reduceat(conf[order], starts)) / count
+    return count, gap
 
 
 def accuracy(probs: np.ndarray, gold: np.ndarray) -> float:
@@ -127,17 +150,38 @@ def entropy_bits(probs: np.ndarray) -> float:
     Base 2 because Global-MMLU values exceed ln 4. Descriptive: lower means sharper, not better.
     """
     probs, _, valid = _validated(probs)
+    return float(_row_entropy_bits(probs, valid).mean())
+
+
+def _row_entropy_bits(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
     positive = valid & (probs > 0)
     terms = np.zeros_like(probs)
     terms[positive] = -probs[positive] * np.log2(probs[positive])
-    return float(terms.sum(axis=1).mean())
+    return terms.sum(axis=1)
 
 
-def negative_log_likelihood(probs: np.ndarray, gold: np.ndarray) -> float:
-    """Mean -ln p(gold), in nats; p(gold) is clipped at 1e-12 to stay finite; lower is better."""
-    probs, gold, _ = _validated(probs, gold)
-    p_gold = probs[np.arange(probs.shape[0]), gold]
-    return float(-np.log(np.maximum(p_gold, NLL_FLOOR)).mean())
+def negative_log_likelihood(
+    probs: np.ndarray, gold: np.ndarray, log_probs: np.ndarray | None = None
+) -> float:
+    """Mean -log p(gold) over questions, in nats; lower is better.
+
+    Taken from ``log_probs`` (log-softmax of the option scores, same NaN layout as ``probs``)
+    when given: exact even where p(gold) underflows to 0. Without them, -ln p(gold) of the
+    probabilities, unfloored: a gold probability of exactly 0 gives +inf.
+    """
+    probs, gold, valid = _validated(probs, gold)
+    rows = np.arange(probs.shape[0])
+    if log_probs is None:
+        with np.errstate(divide="ignore"):
+            return float(-np.log(probs[rows, gold]).mean())
+    log_probs = np.asarray(log_probs, dtype=float)
+    if log_probs.shape != probs.shape or (np.isnan(log_probs) != ~valid).any():
+        raise ValueError("log_probs must have the shape and NaN layout of probs")
+    with np.errstate(over="ignore"):
+        mismatch = np.abs(np.where(valid, np.exp(log_probs) - probs, 0.0)).max()
+    if not mismatch <= SUM_TOLERANCE:
+        raise ValueError(f"exp(log_probs) differs from probs by {mismatch:.3g}")
+    return float(-log_probs[rows, gold].mean())
 
 
 def brier_score(probs: np.ndarray, gold: np.ndarray) -> float:
@@ -161,17 +205,46 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int 
 def rms_calibration_error(probs: np.ndarray, gold: np.ndarray, bin_size: int = 100) -> float:
     """Top-label RMS calibration error: sqrt(sum_b (n_b/N) (acc_b - conf_b)^2); lower is better.
 
-    Equal-mass bins of ``bin_size`` predictions sorted by confidence; the last, smaller bin is
-    included (the popular reference implementation silently drops it).
+    Fraction in [0, 1]. Equal-mass bins of ``bin_size`` predictions sorted by confidence
+    (stable); the remainder joins the last bin, so there are max(1, N // bin_size) bins (the
+    popular reference implementation silently drops the remainder).
     """
-    conf, correct = _top_label(probs, gold)
-    return float(np.sqrt(np.mean(_equal_mass_gaps(conf, correct, bin_size) ** 2)))
+    count, gap = _equal_mass_gaps(*_top_label(probs, gold), bin_size)
+    return float(np.sqrt((count * gap**2).sum() / count.sum()))
 
 
 def mean_absolute_deviation(probs: np.ndarray, gold: np.ndarray, bin_size: int = 100) -> float:
     """As ``rms_calibration_error`` but L1: sum_b (n_b/N) |acc_b - conf_b|; lower is better."""
+    count, gap = _equal_mass_gaps(*_top_label(probs, gold), bin_size)
+    return float((count * np.abs(gap)).sum() / count.sum())
+
+
+def debiased_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> float:
+    """Kumar et al. (2019) debiased top-label L2 calibration error; fraction in [0, 1]; lower is
+    better. Key ``ece_debiased``.
+
+    sqrt(max(0, sum_b (n_b/N) [(acc_b - conf_b)^2 - acc_b (1 - acc_b) / (n_b - 1)])): the plug-in
+    squared error minus each bin's sampling variance of its accuracy, so its expectation does not
+    grow as the split shrinks the way ECE's does. Bins with fewer than 2 predictions add 0.
+    Equal-mass bins as in the ``uncertainty-calibration`` package (``get_equal_bins``): the
+    sorted confidences are cut into min(n_bins, N) ``np.array_split`` parts, edges at midpoints
+    between neighbouring parts (duplicates merged), each confidence goes to the first edge
+    >= it. An L2 estimate: compare it with ``rms``, not with the L1 ``ece``.
+    """
+    _check_positive("n_bins", n_bins)
     conf, correct = _top_label(probs, gold)
-    return float(np.mean(_equal_mass_gaps(conf, correct, bin_size)))
+    ordered = np.sort(conf)
+    base, extra = divmod(conf.size, min(n_bins, conf.size))
+    cuts = np.cumsum([base + 1] * extra + [base] * (min(n_bins, conf.size) - extra))[:-1]
+    edges = np.unique(np.append((ordered[cuts - 1] + ordered[cuts]) / 2.0, 1.0))
+    index = np.searchsorted(edges, conf)
+    count = np.bincount(index, minlength=edges.size).astype(float)
+    conf_sum = np.bincount(index, weights=conf, minlength=edges.size)
+    hit_sum = np.bincount(index, weights=correct, minlength=edges.size)
+    full = count >= 2
+    n, acc = count[full], hit_sum[full] / count[full]
+    squared = (acc - conf_sum[full] / n) ** 2 - acc * (1.0 - acc) / (n - 1.0)
+    return float(np.sqrt(max((n * squared).sum() / conf.size, 0.0)))
 
 
 def _classwise(probs: np.ndarray, gold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -194,17 +267,17 @@ def static_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 
 
 
 def adaptive_calibration_error(probs: np.ndarray, gold: np.ndarray, n_ranges: int = 15) -> float:
-    """Classwise ACE: (1/K) sum_k (1/R_k) sum_r |acc(r,k) - conf(r,k)|; lower is better.
+    """Classwise ACE: (1/(K R)) sum_k sum_r |acc(r,k) - conf(r,k)|; lower is better.
 
-    Each class's sorted probabilities are split into ``n_ranges`` nearly equal chunks
-    (``np.array_split``); empty chunks (N_k < n_ranges) are skipped and R_k counts the rest.
-    Classes as in ``static_calibration_error``.
+    Each class's sorted probabilities are split into R = ``n_ranges`` nearly equal ranges
+    (``np.array_split``, stable order). The sum is divided by K x R even when a class has fewer
+    than R predictions: its empty ranges contribute 0. Classes as in ``static_calibration_error``.
     """
     _check_positive("n_ranges", n_ranges)
     per_class = []
     for p, hit in _classwise(probs, gold):
         chunks = [c for c in np.array_split(np.argsort(p, kind="stable"), n_ranges) if c.size]
-        per_class.append(np.mean([abs(hit[c].mean() - p[c].mean()) for c in chunks]))
+        per_class.append(sum(abs(hit[c].mean() - p[c].mean()) for c in chunks) / n_ranges)
     return float(np.mean(per_class))
 
 
@@ -236,30 +309,175 @@ def reliability_bins(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> l
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """Every binning parameter, explicit so it can be recorded with the results."""
+    """Every binning and bootstrap parameter, explicit so it can be recorded with the results.
+
+    ``bootstrap_resamples`` 0 means no intervals.
+    """
 
     ece_bins: int = 15
     rms_bin_size: int = 100
     sce_bins: int = 15
     ace_ranges: int = 15
+    ece_debiased_bins: int = 15
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
 
     def as_params(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
 
 def compute_all(
-    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = MetricConfig()
+    probs: np.ndarray,
+    gold: np.ndarray,
+    config: MetricConfig = MetricConfig(),
+    log_probs: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """All metrics of one split, keyed as in ``HIGHER_IS_BETTER`` plus ``n_questions``."""
+    """All metrics of one split, keyed as in ``HIGHER_IS_BETTER`` plus ``n_questions``.
+
+    NLL comes from ``log_probs`` when given (see ``negative_log_likelihood``). Intervals are
+    separate: ``bootstrap_intervals``.
+    """
     return {
         "accuracy": accuracy(probs, gold),
         "entropy": entropy_bits(probs),
-        "nll": negative_log_likelihood(probs, gold),
+        "nll": negative_log_likelihood(probs, gold, log_probs),
         "brier": brier_score(probs, gold),
         "ece": expected_calibration_error(probs, gold, config.ece_bins),
         "rms": rms_calibration_error(probs, gold, config.rms_bin_size),
         "mad": mean_absolute_deviation(probs, gold, config.rms_bin_size),
         "sce": static_calibration_error(probs, gold, config.sce_bins),
         "ace": adaptive_calibration_error(probs, gold, config.ace_ranges),
+        "ece_debiased": debiased_calibration_error(probs, gold, config.ece_debiased_bins),
         "n_questions": float(np.asarray(probs).shape[0]),
     }
+
+
+# ---- bootstrap intervals ---------------------------------------------------------------------
+
+BOOTSTRAP_METRICS = ("accuracy", "entropy", "ece", "rms")
+# Resamples are drawn in blocks of about this many (resample, question) cells, so memory stays
+# near 100 MB whatever the split size; the draws are the same for any block size.
+_BLOCK_CELLS = 1 << 21
+
+
+def bootstrap_intervals(
+    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = MetricConfig(), level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals (``level``, default 95%) for ``BOOTSTRAP_METRICS``.
+
+    Questions are resampled with replacement, ``config.bootstrap_resamples`` times, seeded by
+    ``config.bootstrap_seed`` (same seed, same intervals); {} when resamples is 0. Returns
+    metric -> (low, high) in the metric's unit. The percentile interval of a biased statistic
+    (ECE, RMS: both grow as a split shrinks) need not contain the point estimate.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if config.bootstrap_resamples == 0:
+        return {}
+    replicates = bootstrap_replicates(probs, gold, config)
+    tail = (1.0 - level) / 2.0
+    return {
+        name: (float(low), float(high))
+        for name, (low, high) in (
+            (name, np.quantile(values, [tail, 1.0 - tail])) for name, values in replicates.items()
+        )
+    }
+
+
+def bootstrap_replicates(
+    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = MetricConfig()
+) -> dict[str, np.ndarray]:
+    """Each ``BOOTSTRAP_METRICS`` metric on each of the config's seeded resamples, (B,) each."""
+    _check_positive("bootstrap_resamples", config.bootstrap_resamples)
+    _, terms, gap = _per_question(probs, gold, config.ece_bins)
+    n = gap.size
+    rng = np.random.default_rng(config.bootstrap_seed)
+    block = max(1, _BLOCK_CELLS // n)
+    parts = []
+    for start in range(0, config.bootstrap_resamples, block):  # blocks of resamples, not one
+        size = min(block, config.bootstrap_resamples - start)
+        # Draws index the confidence-sorted questions, so the counts come sorted for RMS.
+        draws = rng.integers(0, n, size=(size, n))
+        # Multiplicity of each question in each resample: one bincount over offset indices.
+        offsets = (np.arange(size) * n)[:, None]
+        counts = np.bincount((draws + offsets).ravel(), minlength=size * n).reshape(size, n)
+        parts.append(_replicates(terms, gap, counts, config.rms_bin_size))
+    return {name: np.concatenate([p[name] for p in parts]) for name in BOOTSTRAP_METRICS}
+
+
+def resampled_metrics(
+    probs: np.ndarray, gold: np.ndarray, counts: np.ndarray, config: MetricConfig = MetricConfig()
+) -> dict[str, np.ndarray]:
+    """``BOOTSTRAP_METRICS`` of resamples given as multiplicities: ``counts`` (B, N), row b how
+    often each question is in resample b (every row with the same sum). Equals the metric
+    functions on ``probs[np.repeat(np.arange(N), counts[b])]``, vectorised over b."""
+    order, terms, gap = _per_question(probs, gold, config.ece_bins)
+    counts = np.asarray(counts)
+    shape_ok = counts.ndim == 2 and counts.shape[0] >= 1 and counts.shape[1] == gap.size
+    if not shape_ok or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
+        raise ValueError(f"counts must be non-negative integers with shape (B >= 1, {gap.size})")
+    sizes = counts.sum(axis=1)
+    if (sizes != sizes[0]).any() or sizes[0] < 1:
+        raise ValueError("every resample must hold the same number (>= 1) of questions")
+    return _replicates(terms, gap, counts[:, order], config.rms_bin_size)
+
+
+def _per_question(
+    probs: np.ndarray, gold: np.ndarray, ece_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Questions sorted by confidence (stable): (order, additive terms (N, 2 + ece_bins), gap).
+
+    Terms: correct, entropy in bits, and hit - conf in the column of the question's ECE bin;
+    gap: hit - conf. Accuracy, entropy and ECE of a resample are sums of these terms.
+    """
+    probs, gold, valid = _validated(probs, gold)
+    conf, correct = _top_label(probs, gold)
+    order = np.argsort(conf, kind="stable")
+    gap = (correct - conf)[order]
+    terms = np.zeros((conf.size, 2 + ece_bins))
+    terms[:, 0] = correct[order]
+    terms[:, 1] = _row_entropy_bits(probs, valid)[order]
+    terms[np.arange(conf.size), 2 + _equal_width_index(conf[order], ece_bins)] = gap
+    return order, terms, gap
+
+
+def _replicates(
+    terms: np.ndarray, gap: np.ndarray, counts: np.ndarray, bin_size: int
+) -> dict[str, np.ndarray]:
+    """Metrics of resamples from multiplicities ``counts`` (B, N) of confidence-sorted questions."""
+    sums = counts.astype(float) @ terms  # one matrix product for the additive metrics
+    size = float(counts[0].sum())
+    return {
+        "accuracy": sums[:, 0] / size,
+        "entropy": sums[:, 1] / size,
+        "ece": np.abs(sums[:, 2:]).sum(axis=1) / size,
+        "rms": _resampled_rms(gap, counts, bin_size),
+    }
+
+
+def _resampled_rms(gap: np.ndarray, counts: np.ndarray, bin_size: int) -> np.ndarray:
+    """RMS calibration error of each resample, from counts of confidence-sorted questions.
+
+    No row is sorted: with the questions in confidence order (stable), the copies of question j
+    fill positions [end_{j-1}, end_j) of the sorted resample, end = cumsum of the row's counts.
+    A bin edge at position p falls inside some question j's run, so the sum of (hit - conf)
+    before p is the sum over questions before j plus (p - end_{j-1}) copies of question j's.
+    """
+    b, n = counts.shape
+    ends = np.cumsum(counts, axis=1)
+    size = int(ends[0, -1])
+    starts = _equal_mass_starts(size, bin_size)
+    cuts = starts[1:]
+    # The question holding each cut, all rows in one searchsorted: rows laid end to end, each
+    # shifted past the previous row's largest value.
+    shift = (np.arange(b) * (size + 1))[:, None]
+    flat = np.searchsorted((ends + shift).ravel(), (cuts + shift).ravel(), side="right")
+    holder = flat.reshape(b, cuts.size) - (np.arange(b) * n)[:, None]
+    rows, before, first = np.arange(b)[:, None], np.maximum(holder - 1, 0), holder == 0
+    cumulative = np.cumsum(counts * gap, axis=1)  # running sum of (hit - conf)
+    ends_before = np.where(first, 0, ends[rows, before])
+    at_cut = np.where(first, 0.0, cumulative[rows, before]) + (cuts - ends_before) * gap[holder]
+    edge_sums = np.concatenate([np.zeros((b, 1)), at_cut, cumulative[:, -1:]], axis=1)
+    per_bin = np.diff(edge_sums, axis=1)  # sum of (hit - conf) over each bin
+    bin_count = np.diff(np.append(starts, size))
+    return np.sqrt((per_bin**2 / bin_count).sum(axis=1) / size)
