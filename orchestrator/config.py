@@ -156,6 +156,19 @@ class ResourcesConfig(Strict):
     gpus_per_scoring_actor: Annotated[float, Field(ge=0)] = 0.0
 
 
+class EstimateConfig(Strict):
+    """The throughput that `--dry-run` prices the sweep at: an assumption, not a measurement.
+
+    Per device (a GPU, or a CPU worker): tokens/s = mfu * peak / (6 * params) for training
+    (forward + backward) and scoring_mfu * peak / (2 * params) for scoring (forward only).
+    Defaults: an H100 SXM's dense bf16 peak at 40% model-FLOPs utilisation.
+    """
+
+    peak_tflops: Annotated[float, Field(gt=0)] = 989.0
+    mfu: Annotated[float, Field(gt=0, le=1)] = 0.4
+    scoring_mfu: Annotated[float, Field(gt=0, le=1)] | None = None  # None: the same as mfu
+
+
 class TrackingConfig(Strict):
     tracking_uri: str | None = None  # default: sqlite in the sweep's output directory
     experiment: str | None = None  # default: the sweep name
@@ -175,6 +188,7 @@ class SweepConfig(Strict):
     evaluation: EvaluationConfig
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    estimate: EstimateConfig = EstimateConfig()
 
     @model_validator(mode="after")
     def _grid_names_defined(self) -> SweepConfig:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from evaluators.benchmarks import BENCHMARKS, resolve_source
 from orchestrator.config import SweepConfig
+from orchestrator.cost import price_lines
 
 # Published split sizes (questions per language) and mean prompt+options tokens per question
 # (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
@@ -154,8 +155,26 @@ def describe(config: SweepConfig, plan: Plan) -> str:
         f"{config.training.micro_batch_size} x grad-accum {config.training.grad_accum_steps} = "
         f"effective batch {effective_batch(config)}, ZeRO-{config.training.zero_stage}, "
         f"{config.training.precision}",
+        *price_lines(config, plan.trials, _scored_tokens(plan, per_model_tokens, dev_questions)),
     ]
     return "\n".join(lines)
+
+
+def _scored_tokens(plan: Plan, test_tokens: int, dev: dict[str, int]) -> dict[str, float]:
+    """Forward-pass tokens to score per base model name: its untuned model, its checkpoints on
+    the test splits (all, or the selected ones) and, with lr selection, every trial on dev."""
+    tokens = {name: 0.0 for name in dict.fromkeys(t.model for t in plan.trials)}
+    for name in plan.base_models:
+        tokens[name] = tokens.get(name, 0.0) + test_tokens
+    if plan.dev_splits:
+        for trial in plan.trials:
+            tokens[trial.model] += _tokens(dev)
+        tested = {(t.model, t.sft_dataset, t.label_smoothing) for t in plan.trials}
+    else:
+        tested = {(t.model, t.sft_dataset, t.learning_rate, t.label_smoothing) for t in plan.trials}
+    for key in tested:
+        tokens[key[0]] += test_tokens
+    return tokens
 
 
 def _questions(config: SweepConfig, splits: list[EvalSplit]) -> dict[str, int]:
