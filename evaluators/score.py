@@ -1,6 +1,7 @@
 """`python -m evaluators.score --model PATH_OR_ID --out DIR`: score one model, no Ray Tune.
 
-Writes per-question probabilities (predictions.parquet), per-split metrics (split_metrics.csv),
+Writes per-question probabilities (predictions.parquet), per-split metrics (split_metrics.csv,
+with 95% bootstrap intervals as `<metric>_ci_low` / `<metric>_ci_high`),
 reliability diagrams (one PNG per split and one overview grid per benchmark), and optionally
 temperature-scaled metrics beside the raw ones. Results are cached by (model content digest,
 split, scoring settings) in `--cache` (default `<out>/cache`): a rerun rescoring nothing.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -201,17 +203,31 @@ def main(argv: list[str] | None = None) -> int:
 def temperature_scaled_metrics(
     dev: SplitResult, test: SplitResult, settings: ScoringSettings
 ) -> dict[str, float]:
-    """Metrics of the test split after scaling by the temperature fitted on the dev split."""
+    """Metrics of the test split after scaling by the temperature fitted on the dev split; a
+    temperature that may mean little (tiny dev split, T on its bound) is said on stderr."""
     import numpy as np
 
     from evaluators.metrics import compute_all, pad_probabilities
-    from evaluators.temperature import fit_temperature, scaled_probabilities
+    from evaluators.temperature import (
+        TemperatureWarning,
+        fit_temperature,
+        scaled_log_probabilities,
+        scaled_probabilities,
+    )
 
     scores = [np.array(s) for s in dev.predictions["scores"]]
-    temperature = fit_temperature(scores, dev.predictions["gold"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TemperatureWarning)
+        temperature = fit_temperature(scores, dev.predictions["gold"])
+    for warning in caught:
+        if issubclass(warning.category, TemperatureWarning):
+            where = f"{dev.request.benchmark}/{dev.request.language}/{dev.request.split}"
+            print(f"warning: {where}: {warning.message}", file=sys.stderr)
     test_scores = [np.array(s) for s in test.predictions["scores"]]
     probs = pad_probabilities(scaled_probabilities(test_scores, temperature))
-    scaled = compute_all(probs, np.array(test.predictions["gold"]), settings.metrics)
+    log_probs = pad_probabilities(scaled_log_probabilities(test_scores, temperature))
+    gold = np.array(test.predictions["gold"])
+    scaled = compute_all(probs, gold, settings.metrics, log_probs=log_probs)
     return {"temperature": temperature, **{f"ts_{k}": v for k, v in scaled.items()}}
 
 
@@ -237,6 +253,11 @@ def write_outputs(out: Path, results: list[SplitResult]) -> None:
                 "language": r.request.language,
                 "split": r.request.split,
                 **r.metrics,
+                **{
+                    f"{metric}_ci_{end}": bound
+                    for metric, bounds in r.intervals.items()
+                    for end, bound in zip(("low", "high"), bounds, strict=True)
+                },
             }
             for r in results
         ]

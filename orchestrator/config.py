@@ -93,12 +93,16 @@ class BenchmarkEval(Strict):
 
 
 class MetricsConfig(Strict):
-    """Binning parameters; recorded with every result."""
+    """Binning and bootstrap parameters (evaluators.metrics.MetricConfig); recorded with every
+    result."""
 
     ece_bins: PositiveInt = 15
     rms_bin_size: PositiveInt = 100
     sce_bins: PositiveInt = 15
     ace_ranges: PositiveInt = 15
+    ece_debiased_bins: PositiveInt = 15
+    bootstrap_resamples: Annotated[int, Field(ge=0)] = 1000  # 0 = no intervals
+    bootstrap_seed: int = 0
 
 
 class EvaluationConfig(Strict):

@@ -27,13 +27,15 @@ RESULTS_FILE = "results.parquet"
 
 
 def long_table(models: list[ScoredModel], results: dict[ResultKey, SplitResult]) -> pl.DataFrame:
-    """One row per (model, benchmark, language, split, metric); base models: smoothing/lr null."""
+    """One row per (model, benchmark, language, split, metric); base models: smoothing/lr null.
+    `ci_low`/`ci_high`: the value's 95% bootstrap interval, where the metric has one."""
     by_key = {m.key: m for m in models}
     rows = []
     for (key, benchmark, language, split), result in results.items():
         model = by_key[key]
         trial = model.trial
         for metric, value in result.metrics.items():
+            low, high = result.intervals.get(metric, (None, None))
             rows.append(
                 {
                     "run": model.run_name,
@@ -46,9 +48,12 @@ def long_table(models: list[ScoredModel], results: dict[ResultKey, SplitResult])
                     "split": split,
                     "metric": metric,
                     "value": float(value),
+                    "ci_low": low,
+                    "ci_high": high,
                 }
             )
-    return pl.DataFrame(rows, schema_overrides={"smoothing": pl.Float64, "lr": pl.Float64})
+    floats = dict.fromkeys(["smoothing", "lr", "ci_low", "ci_high"], pl.Float64)
+    return pl.DataFrame(rows, schema_overrides=floats)
 
 
 def mlflow_metrics(table: pl.DataFrame) -> dict[str, float]:

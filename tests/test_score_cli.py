@@ -41,6 +41,11 @@ def test_scores_splits_writes_outputs_and_reuses_the_cache(
     assert set(metrics["n_questions"]) == {3.0}
     for column in ("accuracy", "entropy", "ece", "rms", "sce", "ace", "temperature", "ts_nll"):
         assert all(math.isfinite(v) for v in metrics[column])
+    for metric in ("accuracy", "entropy", "ece", "rms"):  # 95% bootstrap intervals beside them
+        low, high = metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"]
+        assert all(0 <= lo <= hi for lo, hi in zip(low, high, strict=True))
+    assert all(lo <= v <= hi for lo, v, hi in zip(*(metrics[c] for c in (
+        "accuracy_ci_low", "accuracy", "accuracy_ci_high")), strict=True))  # fmt: skip
     predictions = pl.read_parquet(out / "predictions.parquet")
     assert predictions.height == 12
     for probs, k in zip(predictions["probs"], predictions["num_options"], strict=True):
