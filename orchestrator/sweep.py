@@ -41,8 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate the YAML and print the plan (trials, splits, questions, "
-        "estimated tokens) without starting Ray",
+        help="validate the YAML and print the plan (trials, splits, questions; per model x "
+        "dataset: data, steps, checkpoint bytes; estimated tokens and GPU-hours) without "
+        "starting Ray",
     )
     parser.add_argument(
         "--resume",
