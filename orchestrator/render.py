@@ -1,20 +1,32 @@
 """Markdown and HTML from one list of blocks, so both files of a report say the same thing.
 
 A block is (kind, payload): h1/h2/h3 and p take text, list a list of strings, table a
-(header, rows) pair of strings; a `Bold` cell is rendered in bold.
+(header, rows) pair of strings, figure a `Picture`; a `Bold` cell is rendered in bold. A figure
+is a relative image link in markdown and an embedded data URI in HTML (the page stays one file).
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 
 
 class Bold(str):
     """A table cell rendered in bold."""
 
 
+@dataclass(frozen=True)
+class Picture:
+    """An image: `src` relative to the report (markdown link), `data_uri` embedded in HTML."""
+
+    src: str
+    alt: str
+    caption: str
+    data_uri: str
+
+
 Table = tuple[list[str], list[list[str]]]  # header, rows
-Block = tuple[str, "str | list[str] | Table"]  # kind: h1 h2 h3 p list table
+Block = tuple[str, "str | list[str] | Table | Picture"]  # kind: h1 h2 h3 p list table figure
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -32,6 +44,9 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append("\n".join(lines + ["| " + " | ".join(map(text, r)) + " |" for r in rows]))
         elif kind == "list":
             out.append("\n".join(f"- {text(item)}" for item in payload) or "- none")
+        elif kind == "figure":
+            alt = payload.alt.replace("]", ")").replace("[", "(")
+            out.append(f"![{alt}]({payload.src})\n\n{text(payload.caption)}")
         else:
             prefix = "#" * int(kind[1]) + " " if kind.startswith("h") else ""
             out.append(prefix + text(payload))
@@ -43,6 +58,8 @@ CSS = (
     "table{border-collapse:collapse;margin:.5em 0 1.5em;font-variant-numeric:tabular-nums}"
     "th,td{border:1px solid #ccc;padding:.2em .5em}th{background:#eee}"
     "tr:nth-child(even){background:#f8f8f8}"
+    "figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #ddd}"
+    "figcaption{color:#444;font-size:.9em;margin-top:.3em}"
 )
 
 
@@ -60,6 +77,11 @@ def to_html(blocks: list[Block], title: str) -> str:
             trs = "".join("<tr>" + "".join(map(cell, r)) + "</tr>" for r in rows)
             thead = "".join(cell(h, "th") for h in head)
             body.append(f"<table><thead><tr>{thead}</tr></thead><tbody>{trs}</tbody></table>")
+        elif kind == "figure":
+            body.append(
+                f"<figure><img src='{payload.data_uri}' alt='{html.escape(payload.alt)}'>"
+                f"<figcaption>{html.escape(payload.caption)}</figcaption></figure>"
+            )
         elif kind == "list":
             items = "".join(f"<li>{html.escape(i)}</li>" for i in payload) or "<li>none</li>"
             body.append(f"<ul>{items}</ul>")

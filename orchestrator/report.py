@@ -10,8 +10,11 @@ Outputs in `--out` (default ./report-<experiment or file stem>): report.md, repo
 configuration x benchmark x metric, with its mean, bold flag, Holm p-values and marks).
 
 The report opens with its findings (orchestrator.findings: sentences counted from the tests),
-then Table 1, the per-language values, and ends with the table of every comparison; one list of
-blocks is written as markdown and as HTML (orchestrator.render).
+then its figures (orchestrator.figures: PNGs in `figures/`, linked from the markdown, embedded in
+the HTML; a forest plot of the differences, per-language bars, accuracy vs ECE, and pooled
+reliability diagrams when `write_report` gets predictions), then Table 1, the per-language
+values, and ends with the table of every comparison; one list of blocks is written as markdown
+and as HTML (orchestrator.render).
 
 What is compared and how (details in orchestrator.stats):
 - A configuration is (model, sft_dataset, smoothing) with one lr: the table's own where its lr
@@ -43,7 +46,7 @@ import polars as pl
 
 from evaluators.metrics import HIGHER_IS_BETTER
 from orchestrator.findings import Finding, describe, findings, language_notes, method_sentence
-from orchestrator.render import Block, Bold, Table, to_html, to_markdown
+from orchestrator.render import Block, Bold, Picture, Table, to_html, to_markdown
 from orchestrator.stats import (
     EFFECT_KIND,
     FAMILIES,
@@ -67,6 +70,8 @@ from orchestrator.table import read_table, validate
 
 if TYPE_CHECKING:  # mlflow loads only when an experiment is read: --help stays fast
     import mlflow.tracking
+
+    from orchestrator.figures import Image, Intervals
 
 REPORT_METRICS = ("accuracy", "entropy", "ece", "rms")
 NOT_METRICS = ("n_questions",)  # a split's size, which the sweep's table carries as a metric
@@ -99,6 +104,7 @@ class Report:
     findings: list[list[Finding]]
     skipped: list[str]
     notes: list[str]
+    intervals: Intervals  # (config, benchmark, metric) -> language -> (ci_low, ci_high); may be {}
 
 
 def report_metrics(
@@ -159,6 +165,23 @@ def lr_selection(
     return selection, rows, notes
 
 
+def table_intervals(rows: pl.DataFrame, configs: list[Config]) -> Intervals:
+    """The table's `ci_low`/`ci_high` per reported configuration (none for older tables)."""
+    if not {"ci_low", "ci_high"} <= set(rows.columns):
+        return {}
+    by_key = {(c.model, c.sft_dataset, c.smoothing, c.lr): c for c in configs}
+    bounds = [pl.col(c).cast(pl.Float64, strict=False) for c in ("ci_low", "ci_high")]
+    rows = rows.with_columns(bounds).drop_nulls(["ci_low", "ci_high"])
+    intervals: Intervals = {}
+    columns = ("model", "sft_dataset", "smoothing", "lr", "benchmark", "metric", "language")
+    for *key, benchmark, metric, language, low, high in rows.select(
+        *columns, "ci_low", "ci_high"
+    ).iter_rows():
+        if (config := by_key.get(tuple(key))) is not None:
+            intervals.setdefault((config, benchmark, metric), {})[language] = (low, high)
+    return intervals
+
+
 def build_report(
     table: pl.DataFrame,
     test: str = "paired",
@@ -186,6 +209,7 @@ def build_report(
     return Report(
         test, alpha, family, select_lr_by, selection, configs, benchmarks, metrics, values,
         comparisons, summary, findings(comparisons, metrics), skipped + failed, notes,
+        table_intervals(rows, configs),
     )  # fmt: skip
 
 
@@ -196,9 +220,15 @@ def _num(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None or not np.isfinite(x) else format(x, spec)
 
 
-def report_blocks(report: Report, title: str, figures: list[str] | None) -> list[Block]:
-    """The report's content in order, findings first and every comparison last; both renderers
-    consume it, so md and HTML agree."""
+def report_blocks(
+    report: Report,
+    title: str,
+    figures: list[str] | None,
+    images: list[tuple[Image, str]] | None = None,
+    has_predictions: bool = False,
+) -> list[Block]:
+    """The report's content in order, findings first, then figures, every comparison last; both
+    renderers consume it, so md and HTML agree. `images`: (figure, its PNG as a data URI)."""
     c = report.comparisons
     blocks: list[Block] = [("h1", f"Significance report: {title}"), ("h2", "Findings")]
     if c.height:
@@ -207,6 +237,22 @@ def report_blocks(report: Report, title: str, figures: list[str] | None) -> list
             blocks += [("h3", group[0].contrast), ("list", [f.sentence() for f in group])]
     else:
         blocks.append(("p", "No comparison ran (see the skipped comparisons below)."))
+    if images:
+        blocks.append(("h2", "Figures"))
+        for image, uri in images:
+            src = image.path.as_posix()
+            blocks += [
+                ("h3", image.title),
+                ("figure", Picture(src, image.title, image.caption, uri)),
+            ]
+    pooled = (
+        "Pooled reliability diagrams: in Figures above."
+        if has_predictions
+        else "Pooled reliability diagrams need predictions (per-question confidence and "
+        "correctness: a sweep, or evaluators.score's predictions.parquet); this table has none."
+    )
+    if images and not has_predictions:
+        blocks.append(("p", pooled))
     blocks += [("h2", "Data and method"), ("list", report.notes)]
     entropy = " Entropy: lower counted as better, by convention." * ("entropy" in report.metrics)
     legend = (
@@ -225,8 +271,9 @@ def report_blocks(report: Report, title: str, figures: list[str] | None) -> list
     if report.selection.height:
         blocks += [("h2", f"Learning-rate selection (by mean {report.select_lr_by})")]
         blocks += [("table", _selection_cells(report))]
-    figures = figures or ["none found (MLflow child-run artifacts reliability/*.png)"]
-    blocks += [("h2", "Reliability diagrams"), ("list", figures)]
+    blocks += [("h2", "Reliability diagrams"), ("p", pooled)]
+    if figures:  # a sweep's per-run, per-language diagrams, logged to its child runs
+        blocks += [("p", "Per run and language, in MLflow:"), ("list", figures)]
     if report.skipped:
         blocks += [("h2", f"Skipped comparisons ({len(report.skipped)})")]
         blocks += [("list", report.skipped)]
@@ -304,13 +351,25 @@ def write_report(
     figures: list[str] | None = None,
     family: Family = "all",
     metrics: tuple[str, ...] | None = None,
+    predictions: pl.DataFrame | None = None,
+    draw: bool = True,
 ) -> dict[str, Path]:
-    """Write report.md, report.html, comparisons.csv, table1.csv into out_dir; returns them by kind
-    ("markdown", "html", "comparisons", "table1"). Raises ReportError on bad input."""
+    """Write report.md, report.html, comparisons.csv, table1.csv and figures/*.png into out_dir;
+    returns them by kind ("markdown", "html", "comparisons", "table1", "figure:<name>").
+
+    `figures`: links to existing per-run diagrams (listed). `predictions`: one row per scored
+    question (orchestrator.figures.prediction_columns: model, sft_dataset, smoothing, benchmark,
+    optional lr, and confidence + correct or probs + gold) for pooled reliability diagrams.
+    `draw=False` writes no figure. Raises ReportError on bad input."""
+    from orchestrator.figures import png_data_uri, write_figures
+
     report = build_report(table, test, select_lr_by, alpha, metrics, family)
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(report, title, figures)
+    images = write_figures(report, out_dir, predictions) if draw else []
+    embedded = [(image, png_data_uri(out_dir / image.path)) for image in images]
+    blocks = report_blocks(report, title, figures, embedded, predictions is not None)
     paths = {kind: out_dir / name for kind, name in OUTPUTS.items()}
+    paths |= {f"figure:{image.name}": out_dir / image.path for image in images}
     paths["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(to_html(blocks, f"calsweep report: {title}"), encoding="utf-8")
     report.comparisons.write_csv(paths["comparisons"])
@@ -421,8 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if client is not None:
-        for path in paths.values():
-            client.log_artifact(parent, str(path), "report")
+        for path in paths.values():  # figures/ stays a folder, so the markdown's links resolve
+            folder = Path("report", path.parent.relative_to(out)).as_posix()
+            client.log_artifact(parent, str(path), folder)
         print(f"logged to MLflow run {parent} under report/")
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
