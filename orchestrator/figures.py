@@ -141,7 +141,7 @@ def forest(report: Report) -> MplFigure:
     position = {key: len(keys) - 1 - i for i, key in enumerate(keys)}  # first at the top
     groups = list(dict.fromkeys(g for g, _ in keys))
     colour = {g: OKABE_ITO[i % len(OKABE_ITO)] for i, g in enumerate(groups)}
-    height = 1.6 + 0.17 * len(keys)
+    height = max(3.5, 1.6 + 0.17 * len(keys))
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(3.1 * len(metrics) + 2.6, height), sharey=True, squeeze=False
     )
@@ -199,7 +199,7 @@ def forest(report: Report) -> MplFigure:
     )  # fmt: skip
     fig.legend(handles=handles, loc="upper center", ncol=min(4, len(handles)), fontsize=8,
                frameon=False, bbox_to_anchor=(0.5, 1.0 - 0.4 / height))  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 1 - 1.05 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / height))
     return fig
 
 
