@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from orchestrator.findings import METRIC_NAMES
-from orchestrator.stats import SMOOTHING_VS_ZERO, Config
+from orchestrator.stats import SELECTION_SPLITS, SMOOTHING_VS_ZERO, Config
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -335,9 +335,10 @@ def prediction_columns(predictions: pl.DataFrame) -> pl.DataFrame:
 
     One row per question of a scored split: model, sft_dataset (`base`/`none`/empty for a base
     model), smoothing (empty for a base model), benchmark, optionally lr (then only the report's
-    selected lr is drawn), and either `confidence` (the top option's probability) and `correct`
-    (whether the top option is the gold one), or `probs` (list of option probabilities) and
-    `gold` (the gold option's index), as evaluators.score's predictions.parquet has them.
+    selected lr is drawn) and split (dev/validation rows are left out), and either
+    `confidence` (the top option's probability) and `correct` (whether the top option is the
+    gold one), or `probs` (list of option probabilities) and `gold` (the gold option's index),
+    as evaluators.score's predictions.parquet has them.
     """
     from orchestrator.stats import ReportError
 
@@ -355,6 +356,8 @@ def prediction_columns(predictions: pl.DataFrame) -> pl.DataFrame:
             f"predictions lack column(s) {', '.join(missing)}; they need "
             f"{', '.join(PREDICTION_COLUMNS)} (or probs and gold instead of confidence, correct)"
         )
+    if "split" in frame.columns:  # dev/validation questions select the lr; the report shows test
+        frame = frame.filter(~pl.col("split").is_in(SELECTION_SPLITS))
     dataset = pl.col("sft_dataset").cast(pl.String)
     base = dataset.is_null() | dataset.str.strip_chars().str.to_lowercase().is_in(
         ["base", "none", ""]

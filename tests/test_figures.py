@@ -194,6 +194,10 @@ def test_reliability_panels_pool_every_question(report) -> None:
         for bench_panels in panels.values():
             assert len(bench_panels) == len(report.configs)
             assert all(sum(b["count"] for b in bins) == 40 for bins in bench_panels.values())
+    dev = predictions_frame(report).with_columns(split=pl.lit("dev"))
+    with_dev = pl.concat([predictions_frame(report).with_columns(split=pl.lit("test")), dev])
+    for bench_panels in dict(figures.reliability_panels(report, with_dev)).values():
+        assert all(sum(b["count"] for b in bins) == 40 for bins in bench_panels.values())
 
 
 def test_prediction_columns_are_checked() -> None:
