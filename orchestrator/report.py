@@ -420,6 +420,12 @@ def load_experiment(
     return table, client, parent, figures
 
 
+def report_artifact_folder(path: Path, out_dir: Path) -> str:
+    """Where a file of the report in `out_dir` goes among a run's artifacts: under `report/`,
+    in the same sub-folder (figures/), so the markdown's relative links still resolve."""
+    return Path("report", path.parent.relative_to(out_dir)).as_posix()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.report", description=__doc__.split("\n")[0]
@@ -481,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if client is not None:
         for path in paths.values():  # figures/ stays a folder, so the markdown's links resolve
-            folder = Path("report", path.parent.relative_to(out)).as_posix()
-            client.log_artifact(parent, str(path), folder)
+            client.log_artifact(parent, str(path), report_artifact_folder(path, out))
         print(f"logged to MLflow run {parent} under report/")
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0

@@ -19,11 +19,26 @@ from evaluators.reliability import plot_reliability_overview
 from orchestrator.config import SweepConfig
 from orchestrator.execution import ResultKey, ScoredModel, scoring_settings
 from orchestrator.plan import Plan, describe
-from orchestrator.report import write_report
+from orchestrator.report import report_artifact_folder, write_report
 from orchestrator.stats import select_lr
 from orchestrator.tracking import SweepTracker
 
 RESULTS_FILE = "results.parquet"
+
+
+def _identity(model: ScoredModel) -> dict[str, object]:
+    """The columns that name a model in the long table; base models: smoothing/lr null."""
+    trial = model.trial
+    return {
+        "run": model.run_name,
+        "model": trial.model if trial else model.key.removeprefix("base:"),
+        "sft_dataset": trial.sft_dataset if trial else "none",
+        "smoothing": trial.label_smoothing if trial else None,
+        "lr": trial.learning_rate if trial else None,
+    }
+
+
+FLOAT_COLUMNS = dict.fromkeys(["smoothing", "lr", "ci_low", "ci_high"], pl.Float64)
 
 
 def long_table(models: list[ScoredModel], results: dict[ResultKey, SplitResult]) -> pl.DataFrame:
@@ -32,17 +47,12 @@ def long_table(models: list[ScoredModel], results: dict[ResultKey, SplitResult])
     by_key = {m.key: m for m in models}
     rows = []
     for (key, benchmark, language, split), result in results.items():
-        model = by_key[key]
-        trial = model.trial
+        identity = _identity(by_key[key])
         for metric, value in result.metrics.items():
             low, high = result.intervals.get(metric, (None, None))
             rows.append(
                 {
-                    "run": model.run_name,
-                    "model": trial.model if trial else key.removeprefix("base:"),
-                    "sft_dataset": trial.sft_dataset if trial else "none",
-                    "smoothing": trial.label_smoothing if trial else None,
-                    "lr": trial.learning_rate if trial else None,
+                    **identity,
                     "benchmark": benchmark,
                     "language": language,
                     "split": split,
@@ -52,8 +62,35 @@ def long_table(models: list[ScoredModel], results: dict[ResultKey, SplitResult])
                     "ci_high": high,
                 }
             )
-    floats = dict.fromkeys(["smoothing", "lr", "ci_low", "ci_high"], pl.Float64)
-    return pl.DataFrame(rows, schema_overrides=floats)
+    return pl.DataFrame(rows, schema_overrides=FLOAT_COLUMNS)
+
+
+def prediction_table(
+    models: list[ScoredModel], results: dict[ResultKey, SplitResult]
+) -> pl.DataFrame:
+    """One row per scored question (confidence, correct), named like the long table: the
+    report pools them into a reliability diagram per configuration."""
+    by_key = {m.key: m for m in models}
+    frames = [
+        pl.DataFrame(
+            {
+                "confidence": result.predictions["confidence"],
+                "correct": [
+                    p == g
+                    for p, g in zip(
+                        result.predictions["predicted"], result.predictions["gold"], strict=True
+                    )
+                ],
+            }
+        ).with_columns(
+            **{k: pl.lit(v) for k, v in _identity(by_key[key]).items()},
+            benchmark=pl.lit(benchmark),
+            split=pl.lit(split),
+        )
+        for (key, benchmark, _, split), result in results.items()
+    ]
+    # base models' smoothing/lr are null-typed literals: relaxed concat makes them Float64
+    return pl.concat(frames, how="vertical_relaxed")
 
 
 def mlflow_metrics(table: pl.DataFrame) -> dict[str, float]:
@@ -128,9 +165,15 @@ def record_results(
     # The report selects the lr by the sweep's own metric: by another one it would pick
     # checkpoints whose test splits were never scored (only the sweep's choices were).
     selection = config.evaluation.select_lr_by or "accuracy"
-    report = write_report(table, out / "report", select_lr_by=selection, title=config.name)
-    for path in report.values():
-        tracker.log_artifact(parent, path, "report")
+    report = write_report(
+        table,
+        out / "report",
+        select_lr_by=selection,
+        title=config.name,
+        predictions=prediction_table(models, results),
+    )
+    for path in report.values():  # figures/ stays a folder, so the markdown's links resolve
+        tracker.log_artifact(parent, path, report_artifact_folder(path, out / "report"))
     tracker.finish(parent, failed=bool(failed))
     return summary_text(table, failed, tracker.ui_hint(), out, report["html"])
 

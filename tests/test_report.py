@@ -282,7 +282,7 @@ def test_files_and_csv_round_trip(table: pl.DataFrame, tmp_path: Path) -> None:
     assert main(["--results", str(csv), "--out", str(tmp_path / "out")]) == 0
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {
-        "report.md", "report.html", "comparisons.csv", "table1.csv",
+        "report.md", "report.html", "comparisons.csv", "table1.csv", "figures",
     }  # fmt: skip
     md = (out / "report.md").read_text()
     for heading in ("Table 1", "Comparisons", "Per-language results", "Reliability diagrams"):
@@ -351,6 +351,7 @@ def test_mlflow_round_trip(table: pl.DataFrame, tmp_path: Path, capsys) -> None:
     logged = {f.path for f in client.list_artifacts(parent, "report")}
     assert logged == {
         "report/report.md", "report/report.html", "report/comparisons.csv", "report/table1.csv",
+        "report/figures",
     }  # fmt: skip
     md = (tmp_path / "r" / "report.md").read_text()
     assert f"m1\\|alpaca: runs:/{child}/reliability/reliability_global_mmlu.png" in md
