@@ -23,6 +23,11 @@ PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "calsweep.kind"  # "sweep" | "trial" | "base"
 KEY_TAG = "calsweep.key"  # trial id hash, or "base:<model>"
 SWEEP_DIR_TAG = "calsweep.sweep_dir"
+# MLflow 3's experiment kind, as its UI's kind selector writes it for "Machine learning": model
+# training (runs, metrics, charts), not GenAI (traces, sessions). MLflow 3.17's UI follows its own
+# GenAI / Model training switch instead, so `ui_hint` links with that switch set.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def tracking_uri(config: SweepConfig) -> str:
@@ -31,6 +36,16 @@ def tracking_uri(config: SweepConfig) -> str:
         return config.tracking.tracking_uri
     config.sweep_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{config.sweep_dir / 'mlflow.db'}"
+
+
+def artifact_location(config: SweepConfig) -> str | None:
+    """With the sqlite default, `<sweep_dir>/mlartifacts` (a file URI), so the sweep directory
+    holds its runs and their artifacts and can be moved as one; MLflow's own default would be
+    `./mlruns` of whichever directory the sweep was started from. A configured store (a
+    tracking server) keeps its default artifact root."""
+    if config.tracking.tracking_uri:
+        return None
+    return (config.sweep_dir / "mlartifacts").as_uri()
 
 
 class SweepTracker:
@@ -43,9 +58,18 @@ class SweepTracker:
         self.client = MlflowClient(self.uri)
         name = config.tracking.experiment or config.name
         experiment = self.client.get_experiment_by_name(name)
-        self.experiment_id = (
-            experiment.experiment_id if experiment else self.client.create_experiment(name)
-        )
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                name,
+                artifact_location=artifact_location(config),
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
+        else:  # made by an older calsweep or by hand: tag it too
+            self.experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND_TAG not in experiment.tags:
+                self.client.set_experiment_tag(
+                    self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+                )
         self.experiment_name = name
         self.pending: list[RunOperations] = []  # asynchronous logs not yet known to be stored
         sweep_dir = str(config.sweep_dir)
@@ -114,7 +138,12 @@ class SweepTracker:
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     def ui_hint(self) -> str:
-        """A tracking server is its own UI; a sqlite store needs `mlflow ui`."""
+        """A tracking server is its own UI; a sqlite store needs `mlflow ui`. The link opens the
+        runs table: MLflow 3.17's UI takes the view from its GenAI / Model training switch (the
+        browser's last choice, GenAI at first), not from the experiment's kind tag."""
+        page = f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
         if self.uri.startswith(("http://", "https://")):
-            return f"open {self.uri}/#/experiments/{self.experiment_id}"
-        return f"mlflow ui --backend-store-uri {self.uri}   (then open http://127.0.0.1:5000)"
+            return f"open {self.uri.rstrip('/')}/{page}"
+        return (
+            f"mlflow ui --backend-store-uri {self.uri}   (then open http://127.0.0.1:5000/{page})"
+        )

@@ -53,6 +53,8 @@ def test_checkpoints_exports_and_records_live_in_object_storage(
 def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -> None:
     client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mini")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (finished_sweep / "mlartifacts").as_uri()
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
