@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,19 @@ def concurrent_trials(config: SweepConfig) -> int:
     return fit
 
 
+def tune_trial_name(trial: tune.experiment.Trial) -> str:
+    """The trial's MLflow run name (`model|dataset|lr=..|ls=..`), for Tune's own messages."""
+    return trial_from_tune_config(trial.config, seed=0).run_name  # the seed is not in the name
+
+
+def tune_trial_dirname(trial: tune.experiment.Trial) -> str:
+    """The trial's directory under `<storage>/tune/`: its run name with the lr as written
+    (Tune's default name rounds 5e-05 to 0.0001), made filesystem-safe, plus Tune's trial id
+    for uniqueness."""
+    safe = re.sub(r"[^A-Za-z0-9._=+-]+", "_", tune_trial_name(trial))
+    return f"{safe}_{trial.trial_id}"
+
+
 def train_all(
     config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool, verbose: bool
 ) -> tuple[list[ScoredModel], dict[str, str]]:
@@ -127,7 +141,10 @@ def train_all(
         grid = config.grid.model_dump()
         param_space = {axis: tune.grid_search(grid[axis]) for axis in GRID_AXES}
         tune_config = tune.TuneConfig(
-            reuse_actors=False, max_concurrent_trials=concurrent_trials(config)
+            reuse_actors=False,
+            max_concurrent_trials=concurrent_trials(config),
+            trial_name_creator=tune_trial_name,
+            trial_dirname_creator=tune_trial_dirname,
         )
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config, tune_config=tune_config

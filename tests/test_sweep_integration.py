@@ -5,6 +5,7 @@ the same command again reuses everything."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -46,7 +47,16 @@ def test_checkpoints_exports_and_records_live_in_object_storage(
     exports = [f for f in files if f.endswith("checkpoint_final/hf_model/model.safetensors")]
     assert len(exports) == 2  # one per trial
     assert len([f for f in files if f.startswith(f"{root}/trials/")]) == 2
-    assert any(f.startswith(f"{root}/tune/") for f in files)
+    trial_dirs = {
+        f.removeprefix(f"{root}/tune/").split("/")[0]
+        for f in files
+        if f.startswith(f"{root}/tune/") and "/" in f.removeprefix(f"{root}/tune/")
+    }
+    # named after the trials' run names (then Tune's trial id), not Tune's rounded params
+    assert {re.sub(r"_[0-9a-f]+_\d{5}$", "", d) for d in trial_dirs} == {
+        "tiny_tulu-sample_lr=0.001_ls=0",
+        "tiny_tulu-sample_lr=0.001_ls=0.1",
+    }, trial_dirs
     assert not (finished_sweep / "ray").exists()  # nothing trained went to the local directory
 
 
