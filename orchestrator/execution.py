@@ -168,7 +168,12 @@ def train_all(
         run_id = tracker.child_run(f"base:{model}", f"{model}|base", "base")
         tracker.log_params(
             run_id,
-            {"model": model, "sft_dataset": "none", "model_source": config.models[model].source},
+            {
+                "model": model,
+                "sft_dataset": "none",
+                "model_source": config.models[model].source,
+                "seed": config.seed,  # few-shot sampling when scoring, as on the trial runs
+            },
         )
         trained.append(
             ScoredModel(
