@@ -19,6 +19,7 @@ from conftest import write_mini_sweep
 from mlflow.tracking import MlflowClient
 
 from calsweep.storage import filesystem, join
+from evaluators.metrics import HIGHER_IS_BETTER
 from orchestrator.sweep import main
 
 pytestmark = pytest.mark.integration
@@ -111,5 +112,6 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     assert sorted(set(steps)) == list(range(1, 9))  # one curve, continued in the same run
 
     table = pl.read_parquet(sweep_dir / "results.parquet")
-    assert table.height == 3 * 3 * 10  # 3 models x 3 splits x 10 metrics, no duplicates
+    metrics = len(HIGHER_IS_BETTER) + 1  # every metric and n_questions
+    assert table.height == 3 * 3 * metrics  # 3 models x 3 splits, no duplicates
     assert table.select("run", "benchmark", "language", "metric").is_unique().all()
