@@ -40,7 +40,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """ "auto" is bfloat16 on CPUs (bf16 matmul is ~3.5x faster than fp32 on our 2-core CPUs) and
+    """ "auto" is bfloat16 on CPUs (bf16 matmul is ~3.5x faster than fp32 on CPUs with AMX or
+    AVX512-BF16, but ~60x slower on AVX2-only ones: pass "float32" there) and
     on GPUs that support it, else float16; "float32" is for exact comparisons."""
     if dtype == "auto":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
