@@ -17,6 +17,7 @@ QUIET_ENVIRONMENT = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # "Generating test split: ..." per split loaded
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also transformers' "Loading weights: ..."
     "TRANSFORMERS_VERBOSITY": "error",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables..." at import
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "PYTHONWARNINGS": "ignore",  # library deprecation notices in Ray workers
 }
