@@ -52,23 +52,33 @@ EFFECTIVE_BATCH = 8
 
 
 def settings(args: argparse.Namespace, world: int, grouped: bool):
+    """The variant's settings, pointing at prepared data that every variant shares (prepared by
+    the first one, in a Ray instance that Ray Data starts when none runs)."""
+    import tempfile
+
+    from trainers.prepared import with_prepared_data
     from trainers.settings import TrainSettings
 
-    return TrainSettings(
-        model_path=resolve_model(args.model),
-        sft_format="alpaca",
-        sft_source="bundled",
-        learning_rate=1e-4,
-        label_smoothing=0.1,
-        max_samples=args.max_samples,
-        max_steps=args.steps,
-        micro_batch_size=MICRO_BATCH,
-        grad_accum_steps=EFFECTIVE_BATCH // (MICRO_BATCH * world),
-        max_seq_len=args.max_seq_len,
-        dropout=0.1,
-        zero_stage=2,
-        precision="bf16",
-        length_grouped=grouped,
+    storage = os.path.join(tempfile.gettempdir(), "calsweep-bench-prepared")
+    return with_prepared_data(
+        TrainSettings(
+            model_path=resolve_model(args.model),
+            sft_format="alpaca",
+            sft_source="bundled",
+            learning_rate=1e-4,
+            label_smoothing=0.1,
+            max_samples=args.max_samples,
+            max_steps=args.steps,
+            micro_batch_size=MICRO_BATCH,
+            grad_accum_steps=EFFECTIVE_BATCH // (MICRO_BATCH * world),
+            max_seq_len=args.max_seq_len,
+            dropout=0.1,
+            zero_stage=2,
+            precision="bf16",
+            length_grouped=grouped,
+        ),
+        storage,
+        say=lambda line: None,
     )
 
 
@@ -149,12 +159,13 @@ def run_hf_trainer(args: argparse.Namespace, grouped: bool) -> list[dict[str, fl
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
     from transformers import TrainingArguments as Args
 
+    from trainers.prepared import PreparedExamples
     from trainers.sft_data import collate
-    from trainers.train_loop import tokenize_examples
 
     s = settings(args, world=1, grouped=grouped)
     tokenizer = AutoTokenizer.from_pretrained(s.model_path)
-    examples, _ = tokenize_examples(s, tokenizer)
+    prepared = PreparedExamples(s.prepared_data)
+    examples = prepared.rows(range(len(prepared)))
     rows = {
         "input_ids": [e["input_ids"] for e in examples],
         "labels": [e["labels"] for e in examples],

@@ -33,6 +33,12 @@ def init_ray(address: str | None, verbose: bool) -> None:
     # announces the level it read on stderr, hence the silenced start-up (errors still raise).
     with _environment(RAY_BACKEND_LOG_LEVEL="fatal"), _stderr_silenced():
         ray.init(**settings)
+    # Ray Data logs each execution plan at INFO and draws progress bars; calsweep's own progress
+    # lines say enough (data preparation, scoring).
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

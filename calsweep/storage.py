@@ -13,8 +13,11 @@ import json
 import shutil
 import struct
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from calsweep.models import cache_root
@@ -57,19 +60,31 @@ def read_text(location: str) -> str | None:
         return stream.read().decode()
 
 
-def write_text(location: str, text: str) -> None:
-    """Write so that readers see the old file or the whole new one, never a part: a temporary
-    file renamed into place locally; object stores publish an object only once it is complete."""
+@contextmanager
+def atomic_output(location: str) -> Iterator[pa.NativeFile]:
+    """A stream to write a file so that readers see the old file or the whole new one, never a
+    part: a temporary file renamed into place locally when the block ends without an error;
+    object stores publish an object only once it is complete."""
+    fs, path = filesystem(location)
     if is_uri(location):
-        fs, path = filesystem(location)
         with fs.open_output_stream(path) as stream:
-            stream.write(text.encode())
+            yield stream
         return
-    target = Path(location)
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    try:
+        with fs.open_output_stream(str(tmp)) as stream:
+            yield stream
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a text file atomically (`atomic_output`)."""
+    with atomic_output(location) as stream:
+        stream.write(text.encode())
 
 
 def is_complete_export(location: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import uuid
@@ -24,7 +23,14 @@ from orchestrator.config import SweepConfig
 from orchestrator.plan import EvalSplit, Plan, TrialSpec
 from orchestrator.progress import TrialProgress
 from orchestrator.tracking import SweepTracker
-from orchestrator.trial import GRID_AXES, run_trial, trial_from_tune_config
+from orchestrator.trial import (
+    GRID_AXES,
+    data_key,
+    run_trial,
+    train_settings,
+    trial_from_tune_config,
+)
+from trainers.prepared import prepare
 
 TUNE_EXPERIMENT = "tune"
 TRIAL_DRIVER_MEMORY = 512 * 1024**2  # bytes reserved per CPU-less Tune trial driver
@@ -42,14 +48,11 @@ class ScoredModel:
 
 
 def init_ray(address: str | None, verbose: bool) -> None:
-    """Join `address` or start a local instance, with Tune's and Ray Data's noise turned down."""
+    """Join `address` or start a local instance, with Tune's noise turned down too."""
     # Tune's reporters would repeat what TrialProgress prints; the legacy one is silent at
     # verbose=0, the new one still prints an experiment banner.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     start_ray(address, verbose)
-    ray.data.DataContext.get_current().enable_progress_bars = verbose
-    if not verbose:  # Ray Data logs each execution plan at INFO; progress lines say enough
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def check_shared_storage(storage: str) -> None:
@@ -116,14 +119,27 @@ def tune_trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"{safe}_{trial.trial_id}"
 
 
+def prepare_sft_data(config: SweepConfig, plan: Plan) -> dict[str, str]:
+    """Prepare (or find) the SFT data of each model x SFT dataset of the grid, on the whole
+    cluster before any trial starts; returns each `data_key`'s location."""
+    locations: dict[str, str] = {}
+    for trial in plan.trials:
+        key = data_key(trial)
+        if key not in locations:
+            settings = train_settings(config, trial)
+            locations[key] = prepare(settings, config.storage_dir, say=say).location
+    return locations
+
+
 def train_all(
     config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool, verbose: bool
 ) -> tuple[list[ScoredModel], dict[str, str]]:
     """Run (or resume) the Tune grid; returns the trained models and failed trials' errors."""
+    prepared = prepare_sft_data(config, plan)
     # Tune needs a non-empty resource request: a CPU-less driver reserves only memory.
     driver_cpus = config.resources.cpus_per_trial_driver
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=config.model_dump()),
+        tune.with_parameters(run_trial, sweep=config.model_dump(), prepared=prepared),
         {"CPU": driver_cpus} if driver_cpus else {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     progress = TrialProgress(config, tracker, len(plan.trials))

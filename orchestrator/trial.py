@@ -48,12 +48,18 @@ def train_settings(config: SweepConfig, trial: TrialSpec) -> TrainSettings:
     )
 
 
+def data_key(trial: TrialSpec) -> str:
+    """Trials that differ only in lr and smoothing train on the same prepared data."""
+    return f"{trial.model}|{trial.sft_dataset}"
+
+
 def trial_record_path(config: SweepConfig, trial_id: str) -> str:
     return join(config.storage_dir, "trials", f"{trial_id}.json")
 
 
-def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
-    """Tune function trainable: train one grid point and report where its model is."""
+def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any], prepared: dict[str, str]) -> None:
+    """Tune function trainable: train one grid point and report where its model is.
+    `prepared`: the location of each `data_key`'s prepared SFT data."""
     config = SweepConfig.model_validate(sweep)
     trial = trial_from_tune_config(tune_config, config.seed)
     trial_id = trial.trial_id(config)
@@ -74,7 +80,10 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any]) -> None:
     resources = config.resources
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=train_settings(config, trial).to_dict(),
+        train_loop_config={
+            **train_settings(config, trial).to_dict(),
+            "prepared_data": prepared[data_key(trial)],
+        },
         scaling_config=ScalingConfig(
             num_workers=config.training.num_workers,
             use_gpu=resources.use_gpu,

@@ -24,7 +24,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.fit import ForwardReports
 from trainers.settings import TrainSettings
-from trainers.sft_data import IGNORE_INDEX, collate
+from trainers.prepared import with_prepared_data
+from trainers.sft_data import (
+    IGNORE_INDEX,
+    collate,
+    load_sft_conversations,
+    tokenize_conversations,
+)
 from trainers.train_loop import (
     HISTORY_KEY,
     NonFiniteLossError,
@@ -34,7 +40,6 @@ from trainers.train_loop import (
     exported_model_dir,
     lr_multiplier,
     rank_micro_batches,
-    tokenize_examples,
     train_func,
     warmup_steps,
 )
@@ -106,6 +111,22 @@ def test_batch_schedule_is_seeded_whole_and_length_grouped() -> None:
     waste_grouped = padding_fraction(lengths, schedule, grouped)
     waste_plain = padding_fraction(lengths, batch_schedule(lengths, plain, 2), plain)
     assert waste_plain > 0.3 and waste_grouped < 0.05
+
+
+def test_across_two_workers_every_example_is_used_once_per_epoch() -> None:
+    lengths = [random.Random(i).randint(20, 512) for i in range(960)]  # 60 steps of 16
+    s = settings(Path("m"), micro_batch_size=4, grad_accum_steps=2, epochs=2.0)
+    schedule = batch_schedule(lengths, s, world_size=2)
+    for epoch in (0, 1):
+        steps = schedule[epoch * 60 : (epoch + 1) * 60]
+        used = [
+            i
+            for step in steps
+            for rank in (0, 1)
+            for micro in rank_micro_batches(step, s, rank)
+            for i in micro
+        ]
+        assert sorted(used) == list(range(960))
 
 
 def test_rank_micro_batches_partition_each_step() -> None:
@@ -182,6 +203,7 @@ def fit(
     """One TorchTrainer run like the sweep's trial driver; returns the result and every report
     of rank 0, in order (across worker-group restarts)."""
     queue = Queue(actor_options={"num_cpus": 0})
+    s = with_prepared_data(s, str(storage), say=lambda line: None)
     result = TorchTrainer(
         train_fn,
         train_loop_config={**s.to_dict(), **(extra or {})},
@@ -212,7 +234,8 @@ def reference_first_step(s: TrainSettings, world: int) -> tuple[float, float, di
     """Plain PyTorch on one process: the first step's whole effective batch as one batch, the
     mean over all its response tokens, clipping at 1.0 and torch's AdamW."""
     tokenizer = AutoTokenizer.from_pretrained(s.model_path)
-    examples, _ = tokenize_examples(s, tokenizer)
+    conversations, _ = load_sft_conversations(s.sft_format, s.sft_source, s.max_samples, s.seed)
+    examples, _ = tokenize_conversations(conversations, tokenizer, s.max_seq_len)
     schedule = batch_schedule([len(e["input_ids"]) for e in examples], s, world)
     batch = collate([examples[i] for i in schedule[0]], tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=torch.float32)

@@ -17,6 +17,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Empty, Queue
 
 from calsweep.storage import is_uri
+from trainers.prepared import with_prepared_data
 from trainers.settings import TrainSettings
 from trainers.train_loop import exported_model_dir, train_func
 
@@ -78,6 +79,7 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> str:
     storage = args.storage or str(args.out.with_name(args.out.name + ".ray-train"))
     if not is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
+    settings = with_prepared_data(settings, storage)  # <storage>/prepared/<key>, made once
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_func,

@@ -35,6 +35,8 @@ class TrainSettings:
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0  # also by the clock; 0 = off
     length_grouped: bool = True
+    # location of the examples `trainers.prepared.prepare` made for these settings
+    prepared_data: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

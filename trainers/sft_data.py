@@ -99,7 +99,7 @@ ADAPTERS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
 }
 
 
-def _load_rows(fmt: str, source: str) -> datasets.Dataset:
+def load_rows(fmt: str, source: str) -> datasets.Dataset:
     """A hub id (or local dataset dir), a local .json/.jsonl/.parquet file, or "bundled"."""
     if source == "bundled":
         source = str(BUNDLED_DIR / f"{fmt}_sample.jsonl")
@@ -132,7 +132,7 @@ def load_sft_conversations(
         raise ValueError(f"on_malformed must be 'skip' or 'error', got {on_malformed!r}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    rows = _load_rows(fmt, source)
+    rows = load_rows(fmt, source)
     n = len(rows)
     order = np.arange(n) if max_samples is None else np.random.default_rng(seed).permutation(n)
     limit = n if max_samples is None else max_samples

@@ -1,17 +1,20 @@
 """The DeepSpeed SFT loop that each Ray Train worker runs (`train_func`), top to bottom.
 
-Every worker loads and tokenises the same seeded data and derives the same batch schedule, so
-the global token count of each optimizer step is known on every rank without communication:
+Every worker memory-maps the same prepared data (`trainers.prepared`, tokenised once per key on
+the driver's cluster) and derives the same seeded batch schedule from its per-example lengths,
+so the global token count of each optimizer step is known on every rank without communication:
 the loss is scaled so that DeepSpeed's gradient averaging yields the exact token-mean over the
-whole effective batch (micro-batch x grad-accum x workers).
+whole effective batch (micro-batch x grad-accum x workers). A rank reads only the rows of its
+own micro-batches.
 
 Reports to Ray Train (rank 0's metrics are the run's): ``step``, ``total_steps``,
 ``train/loss`` (token-mean over the effective batch, nats), ``train/lr`` (the rate this step
 used), ``train/tokens_per_s`` (non-padding tokens, all workers), ``train/step_s``,
 ``train/padding_fraction``, ``train/loss_tokens`` (response tokens in the step),
 ``train/grad_norm`` (before clipping, when DeepSpeed computes it), ``train/peak_rss_mb`` (this
-worker) and ``train/skipped_rows``; the first report after a resume adds `HISTORY_KEY`. The
-lr schedule is `lr_multiplier`; a NaN/inf loss ends the run without a retry (`_report_nonfinite`).
+worker), ``train/skipped_rows`` and ``train/setup_s`` (worker start to first step); the first
+report after a resume adds `HISTORY_KEY`. The lr schedule is `lr_multiplier`; a NaN/inf loss
+ends the run without a retry (`_report_nonfinite`).
 Checkpoints: ``checkpoint_stepNNNNNN/deepspeed`` (resumable),
 ``checkpoint_final/hf_model`` (the export), or, when the loss went non-finite, a
 ``failed_nonfinite_*`` checkpoint holding only ``nonfinite_loss.json`` (see `exported_model_dir`).
@@ -35,15 +38,9 @@ import torch
 
 from calsweep.storage import join, location_of, read_text
 from trainers.loss import masked_label_smoothed_cross_entropy
+from trainers.prepared import PreparedExamples
 from trainers.settings import TrainSettings
-from trainers.sft_data import (
-    IGNORE_INDEX,
-    TokenizedExample,
-    collate,
-    length_grouped_batches,
-    load_sft_conversations,
-    tokenize_conversations,
-)
+from trainers.sft_data import collate, length_grouped_batches
 
 HF_EXPORT_DIR = "hf_model"
 DS_STATE_DIR = "deepspeed"
@@ -133,23 +130,6 @@ def deepspeed_config(s: TrainSettings, world_size: int) -> dict[str, Any]:
     }
 
 
-def tokenize_examples(
-    s: TrainSettings, tokenizer: Any
-) -> tuple[list[TokenizedExample], dict[str, int]]:
-    """Load, convert and tokenise the SFT data; returns examples and skipped-row counts."""
-    conversations, skipped = load_sft_conversations(
-        s.sft_format, s.sft_source, s.max_samples, s.seed, s.on_malformed
-    )
-    examples, dropped = tokenize_conversations(
-        conversations, tokenizer, s.max_seq_len, s.on_malformed
-    )
-    for reason, count in dropped.items():
-        skipped[reason] = skipped.get(reason, 0) + count
-    if not examples:
-        raise ValueError(f"no usable SFT examples in {s.sft_source} (skipped: {skipped})")
-    return examples, skipped
-
-
 def batch_schedule(lengths: list[int], s: TrainSettings, world_size: int) -> list[list[int]]:
     """Example indices of every optimizer step; the same on every rank (seeded, no messages).
 
@@ -191,11 +171,6 @@ def rank_micro_batches(step_indices: list[int], s: TrainSettings, rank: int) -> 
     return [micro[accum * world + rank] for accum in range(s.grad_accum_steps)]
 
 
-def loss_tokens(example: TokenizedExample) -> int:
-    """Tokens that carry loss (after the causal shift the first position never does)."""
-    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
-
-
 def train_func(config: dict[str, Any]) -> None:
     """Ray Train worker entry point: set up, resume, train, checkpoint, export.
 
@@ -203,15 +178,22 @@ def train_func(config: dict[str, Any]) -> None:
     """
     from transformers import AutoTokenizer
 
+    started = time.monotonic()
     s = TrainSettings(**config)
+    if not s.prepared_data:
+        raise ValueError(
+            "TrainSettings.prepared_data is empty: prepare the SFT data on the driver first "
+            "(trainers.prepared.with_prepared_data)"
+        )
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     owns_process_group = _ensure_process_group()
     try:
         tokenizer = AutoTokenizer.from_pretrained(s.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        examples, skipped = tokenize_examples(s, tokenizer)
-        schedule = batch_schedule([len(e["input_ids"]) for e in examples], s, world)
+        examples = PreparedExamples(s.prepared_data)
+        skipped = examples.skipped
+        schedule = batch_schedule(examples.lengths.tolist(), s, world)
         total = len(schedule)
         engine, dropout_attributes = _build_engine(s, world, total)
         restored = _restore(engine)
@@ -229,6 +211,7 @@ def train_func(config: dict[str, Any]) -> None:
                 f"{zero_stage(s, world)} {s.precision}; starting at step {start_step}"
             )
         last_checkpoint = time.monotonic()
+        setup_s = last_checkpoint - started  # worker start to first step: data, model, restore
         for step in range(start_step, total):
             clock_due = _clock_wants_checkpoint(s, rank, last_checkpoint)
             metrics = _train_step(
@@ -236,6 +219,7 @@ def train_func(config: dict[str, Any]) -> None:
             )
             checkpoint_by_clock = metrics.pop("checkpoint_by_clock")
             metrics["train/skipped_rows"] = float(sum(skipped.values()))
+            metrics["train/setup_s"] = setup_s
             failure = _nonfinite(metrics, s.precision)
             if failure is not None:
                 _report_nonfinite(failure, metrics, rank)
@@ -319,7 +303,7 @@ def _optimizer_step(
     Returns global sums over the effective batch (all ranks agree, so they stop together).
     """
     world = torch.distributed.get_world_size()
-    global_tokens = sum(loss_tokens(examples[i]) for i in step_indices)
+    global_tokens = int(examples.loss_tokens[step_indices].sum())  # known on every rank
     # DeepSpeed divides by grad-accum steps and averages over ranks; undo both so the gradient
     # is that of (sum of token losses over the whole effective batch) / global_tokens.
     scale = s.grad_accum_steps * world / global_tokens
@@ -328,7 +312,7 @@ def _optimizer_step(
     local = torch.tensor([0.0, 0.0, 0.0, float(wants_checkpoint)], dtype=torch.float64)
     micro = rank_micro_batches(step_indices, s, rank)
     for accum, indices in enumerate(micro):
-        batch = collate([examples[i] for i in indices], pad_id)
+        batch = collate(examples.rows(indices), pad_id)  # only this rank's rows are read
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss_sum, _ = masked_label_smoothed_cross_entropy(
             logits, batch["labels"], s.label_smoothing
