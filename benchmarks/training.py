@@ -159,8 +159,8 @@ def run_hf_trainer(args: argparse.Namespace, grouped: bool) -> list[dict[str, fl
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
     from transformers import TrainingArguments as Args
 
+    from trainers.batching import collate
     from trainers.prepared import PreparedExamples
-    from trainers.sft_data import collate
 
     s = settings(args, world=1, grouped=grouped)
     tokenizer = AutoTokenizer.from_pretrained(s.model_path)

@@ -13,6 +13,7 @@ import pytest
 import ray
 from transformers import AutoTokenizer
 
+from trainers.chat_tokens import tokenize_conversations
 from trainers.prepared import (
     EXAMPLES_FILE,
     MANIFEST_FILE,
@@ -20,12 +21,7 @@ from trainers.prepared import (
     prepare,
 )
 from trainers.settings import TrainSettings
-from trainers.sft_data import (
-    IGNORE_INDEX,
-    MalformedRow,
-    load_sft_conversations,
-    tokenize_conversations,
-)
+from trainers.sft_data import IGNORE_INDEX, MalformedRow, load_sft_conversations
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,9 @@ import jinja2
 import pytest
 import torch
 
-from trainers.sft_data import (
-    ADAPTERS,
-    IGNORE_INDEX,
-    MalformedRow,
-    collate,
-    length_grouped_batches,
-    load_sft_conversations,
-    tokenize_conversation,
-    tokenize_conversations,
-)
+from trainers.batching import collate, length_grouped_batches
+from trainers.chat_tokens import tokenize_conversation, tokenize_conversations
+from trainers.sft_data import ADAPTERS, IGNORE_INDEX, MalformedRow, load_sft_conversations
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT = [

@@ -22,15 +22,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from trainers.batching import collate
+from trainers.chat_tokens import tokenize_conversations
 from trainers.fit import ForwardReports
-from trainers.settings import TrainSettings
 from trainers.prepared import with_prepared_data
-from trainers.sft_data import (
-    IGNORE_INDEX,
-    collate,
-    load_sft_conversations,
-    tokenize_conversations,
-)
+from trainers.settings import TrainSettings
+from trainers.sft_data import IGNORE_INDEX, load_sft_conversations
 from trainers.train_loop import (
     HISTORY_KEY,
     NonFiniteLossError,

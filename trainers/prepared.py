@@ -33,15 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from calsweep.storage import atomic_output, join, local_copy, read_text, write_text
+from trainers.chat_tokens import tokenize_conversation
 from trainers.settings import TrainSettings
-from trainers.sft_data import (
-    ADAPTERS,
-    IGNORE_INDEX,
-    MalformedRow,
-    TokenizedExample,
-    load_rows,
-    tokenize_conversation,
-)
+from trainers.sft_data import ADAPTERS, IGNORE_INDEX, MalformedRow, TokenizedExample, load_rows
 
 PREPARED_DIR = "prepared"
 EXAMPLES_FILE = "examples.arrow"

@@ -37,10 +37,10 @@ import ray.train
 import torch
 
 from calsweep.storage import join, location_of, read_text
+from trainers.batching import collate, length_grouped_batches
 from trainers.loss import masked_label_smoothed_cross_entropy
 from trainers.prepared import PreparedExamples
 from trainers.settings import TrainSettings
-from trainers.sft_data import collate, length_grouped_batches
 
 HF_EXPORT_DIR = "hf_model"
 DS_STATE_DIR = "deepspeed"
