@@ -155,6 +155,9 @@ def describe(config: SweepConfig, plan: Plan) -> str:
         f"{config.training.micro_batch_size} x grad-accum {config.training.grad_accum_steps} = "
         f"effective batch {effective_batch(config)}, ZeRO-{config.training.zero_stage}, "
         f"{config.training.precision}",
+        f"SFT data: tokenised once per model x dataset with Ray Data "
+        f"({len({(t.model, t.sft_dataset) for t in plan.trials})} data sets for "
+        f"{len(plan.trials)} trials), kept in {config.storage_dir}/prepared",
         *price_lines(config, plan.trials, _scored_tokens(plan, per_model_tokens, dev_questions)),
     ]
     return "\n".join(lines)

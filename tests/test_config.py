@@ -128,6 +128,7 @@ def test_shipped_sweeps_validate_and_plan() -> None:
     text = describe(full, plan)
     assert "trials: 108" in text and "base-model evaluations: 3" in text
     assert "effective batch 128" in text
+    assert "(9 data sets for 108 trials)" in text  # model x dataset, not per trial
 
 
 def test_lr_selection_metric_must_be_known(tmp_path: Path) -> None:
