@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],
         default="auto",
-        help="auto = bf16 where supported; float32 for exactness",
+        help="auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else float32",
     )
     parser.add_argument(
         "--max-batch-tokens",

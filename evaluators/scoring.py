@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from calsweep.hardware import auto_precision
+
 Mode = Literal["perplexity", "loglik", "letter"]
 MODES: tuple[str, ...] = ("perplexity", "loglik", "letter")
 LETTERS = "ABCDEFGHIJ"
@@ -40,13 +42,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """ "auto" is bfloat16 on CPUs (bf16 matmul is ~3.5x faster than fp32 on CPUs with AMX or
-    AVX512-BF16, but ~60x slower on AVX2-only ones: pass "float32" there) and
-    on GPUs that support it, else float16; "float32" is for exact comparisons."""
+    """ "auto" is the training precision's auto (`calsweep.hardware.auto_precision`): bfloat16
+    on GPUs that support it (else float16) and on CPUs with fast bf16, float32 on other CPUs;
+    "float32" is for exact comparisons."""
     if dtype == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        cuda = device.type == "cuda"
+        precision = auto_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected 'auto' or one of {sorted(DTYPES)}")
     return DTYPES[dtype]

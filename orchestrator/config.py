@@ -71,7 +71,8 @@ class TrainingConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     zero_stage: Literal[0, 1, 2, 3] = 2
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # auto: bf16 on GPUs and on CPUs with fast bf16 (AMX, AVX512-BF16), else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     log_every_steps: PositiveInt = 1
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0 = only the final checkpoint
     # Also one when this many minutes passed since the last (0 = off): a run of unknown speed

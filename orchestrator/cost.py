@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 
 import trainers
+from calsweep.hardware import auto_precision
 from calsweep.models import SMOLLM2_SOURCE
 from orchestrator.config import SFTDatasetSpec, SweepConfig, TrainingConfig
 
@@ -134,6 +135,14 @@ def optimizer_steps(conversations: int | None, training: TrainingConfig) -> int 
     return max(1, int(training.epochs * max(1, conversations // _effective_batch(training))))
 
 
+def training_precision(config: SweepConfig) -> str:
+    """The precision the workers will train in: "auto" priced as the GPU's bf16 on GPU
+    clusters, else as what this machine's CPU would pick."""
+    if config.training.precision != "auto":
+        return config.training.precision
+    return auto_precision(config.resources.use_gpu)
+
+
 def checkpoint_bytes(params: float, precision: str) -> float:
     """One resumable DeepSpeed checkpoint with AdamW, all ranks together (ZeRO partitions it,
     the total stays): 16-bit weights 2 B + fp32 master weights 4 B + two Adam moments 8 B per
@@ -177,6 +186,7 @@ def checkpoints_written(
 def training_costs(config: SweepConfig, trials: list[TrialSpec]) -> list[TrainingCost]:
     """One TrainingCost per (model, SFT dataset) of the plan's trials, in grid order."""
     t = config.training
+    precision = training_precision(config)
     batch = _effective_batch(t)
     pairs: dict[tuple[str, str], int] = {}
     for trial in trials:
@@ -203,8 +213,8 @@ def training_costs(config: SweepConfig, trials: list[TrialSpec]) -> list[Trainin
                 checkpoints=None
                 if steps is None
                 else checkpoints_written(steps, t, None if seconds is None else seconds / steps),
-                checkpoint_bytes=None if params is None else checkpoint_bytes(params, t.precision),
-                export_bytes=None if params is None else export_bytes(params, t.precision),
+                checkpoint_bytes=None if params is None else checkpoint_bytes(params, precision),
+                export_bytes=None if params is None else export_bytes(params, precision),
             )
         )
     return costs
@@ -314,10 +324,11 @@ def price_lines(
             _bytes(c.written_bytes, mark if timed else ""),
             _duration(None if c.hours is None else c.hours * t.num_workers, mark),
         ))  # fmt: skip
+    precision = training_precision(config)
     per_param = (
         "fp32 weights 4 B + Adam moments 8 B = 12 B"
-        if t.precision == "fp32"
-        else f"{t.precision} weights 2 B + fp32 master weights 4 B + Adam moments 8 B = 14 B"
+        if precision == "fp32"
+        else f"{precision} weights 2 B + fp32 master weights 4 B + Adam moments 8 B = 14 B"
     )
     counts = sorted({c.trials for c in costs})
     return [
@@ -327,7 +338,7 @@ def price_lines(
         f"  ckpt: one resumable DeepSpeed checkpoint, all {t.num_workers} workers together "
         f"(ZeRO-{t.zero_stage} partitions it, the total stays):",
         f"    {per_param} per parameter; written adds the exported HF model, "
-        f"{4 if t.precision == 'fp32' else 2} B per parameter",
+        f"{4 if precision == 'fp32' else 2} B per parameter",
         f"  ckpts: {_checkpoint_rule(t)}",
         f"  tok/conv: {_length_note(costs, t.max_seq_len)}",
         *_sweep_lines(config, costs, scored_tokens, device),

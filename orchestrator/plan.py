@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from evaluators.benchmarks import BENCHMARKS, resolve_source
 from orchestrator.config import SweepConfig
-from orchestrator.cost import price_lines
+from orchestrator.cost import price_lines, training_precision
 
 # Published split sizes (questions per language) and mean prompt+options tokens per question
 # (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
@@ -154,7 +154,8 @@ def describe(config: SweepConfig, plan: Plan) -> str:
         f"training: {config.training.num_workers} workers x micro-batch "
         f"{config.training.micro_batch_size} x grad-accum {config.training.grad_accum_steps} = "
         f"effective batch {effective_batch(config)}, ZeRO-{config.training.zero_stage}, "
-        f"{config.training.precision}",
+        f"{training_precision(config)}"
+        + (" (auto)" if config.training.precision == "auto" else ""),
         f"SFT data: tokenised once per model x dataset with Ray Data "
         f"({len({(t.model, t.sft_dataset) for t in plan.trials})} data sets for "
         f"{len(plan.trials)} trials), kept in {config.storage_dir}/prepared",

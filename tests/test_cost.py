@@ -80,7 +80,14 @@ def test_local_dataset_figures_match_a_direct_count(tmp_path: Path, local_model:
     rows = [{"instruction": "x" * (4 * i), "input": "", "output": "yyyy"} for i in range(300)]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(
-        sweep_file(tmp_path, "./sft.jsonl", "./model", epochs=2.5, checkpoint_every_steps=7)
+        sweep_file(
+            tmp_path,
+            "./sft.jsonl",
+            "./model",
+            epochs=2.5,
+            checkpoint_every_steps=7,
+            precision="bf16",
+        )
     )
     [cost] = training_costs(config, expand(config).trials)
     params = 1000 * 64 + 1000 + 8**3

@@ -30,7 +30,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     dropout: float = 0.1
     zero_stage: int = 2
-    precision: str = "bf16"
+    precision: str = "auto"  # or bf16, fp16, fp32; see `calsweep.hardware.auto_precision`
     log_every_steps: int = 1
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0  # also by the clock; 0 = off

@@ -99,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("bf16", "fp16", "fp32"),
+        choices=("auto", "bf16", "fp16", "fp32"),
         default=d.precision,
-        help="training precision (on a CPU, bf16 is ~3.5x faster than fp32 with AMX or "
-        "AVX512-BF16, ~60x slower without: check `grep -o 'amx_bf16\\|avx512_bf16' /proc/cpuinfo`)",
+        help="training precision; auto: bf16 on GPUs and on CPUs with AMX or AVX512-BF16 (there "
+        "~3.5x faster than fp32; ~60x slower on AVX2-only CPUs), else fp32",
     )
     p.add_argument(
         "--no-length-grouping",

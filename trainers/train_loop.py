@@ -30,12 +30,14 @@ import resource
 import socket
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import torch
 
+from calsweep.hardware import PRECISIONS, auto_precision
 from calsweep.storage import join, location_of, read_text
 from trainers.batching import collate, length_grouped_batches
 from trainers.loss import masked_label_smoothed_cross_entropy
@@ -189,6 +191,7 @@ def train_func(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     owns_process_group = _ensure_process_group()
     try:
+        s = replace(s, precision=_agreed_precision(s.precision))
         tokenizer = AutoTokenizer.from_pretrained(s.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         examples = PreparedExamples(s.prepared_data)
@@ -243,6 +246,20 @@ def train_func(config: dict[str, Any]) -> None:
     finally:
         if owns_process_group:
             torch.distributed.destroy_process_group()
+
+
+def _agreed_precision(requested: str) -> str:
+    """`requested`, or what "auto" means on this hardware (`calsweep.hardware.auto_precision`),
+    the same on every rank: ranks on different hardware settle, in one all-reduce at start-up,
+    on the first of fp32, fp16, bf16 that all of them run well."""
+    if requested != "auto":
+        return requested
+    cuda = torch.cuda.is_available()
+    local = auto_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    choice = torch.tensor([PRECISIONS.index(local)], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(choice, op=torch.distributed.ReduceOp.MIN)
+    return PRECISIONS[int(choice.item())]
 
 
 def _clock_wants_checkpoint(s: TrainSettings, rank: int, last_checkpoint: float) -> bool:
