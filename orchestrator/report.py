@@ -51,6 +51,7 @@ from orchestrator.stats import (
     EFFECT_KIND,
     FAMILIES,
     MARKS,
+    SELECTED_BY_COLUMN,
     SMOOTHING_VS_ZERO,
     TESTS,
     TUNED_VS_BASE,
@@ -61,6 +62,7 @@ from orchestrator.stats import (
     apply_selection,
     is_base,
     plan_comparisons,
+    recorded_selection,
     run_family,
     select_lr,
     split_for_selection,
@@ -136,8 +138,9 @@ def report_metrics(
 
 def lr_selection(
     table: pl.DataFrame, select_lr_by: str
-) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """(selection, rows to report, notes): the lr of each configuration that has several."""
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str], str]:
+    """(selection, rows to report, notes, the metric selected by): the lr of each configuration
+    that has several, as the table records it (a sweep's choice) or selected by `select_lr_by`."""
     selection_rows, rows, how = split_for_selection(table)
     keys = ["model", "sft_dataset", "smoothing"]
     tuned = rows.filter(~is_base())
@@ -153,16 +156,29 @@ def lr_selection(
             f"Learning rate: the table gives one lr for {which} (empty lr), taken as already "
             "selected; no lr is selected for these."
         )
-    selection = select_lr(selection_rows, select_lr_by)
+    recorded = recorded_selection(table)
+    if recorded is None:
+        selection = select_lr(selection_rows, select_lr_by)
+        how = f"selected by mean {select_lr_by} {how}"
+    else:  # the sweep's own choice, shown with every candidate's score
+        chosen, select_lr_by = recorded
+        scores = select_lr(selection_rows, select_lr_by).drop("lr", "score")
+        every = selection_rows.filter(pl.col("metric") == select_lr_by)
+        means = every.group_by(*keys, "lr").agg(score=pl.col("value").mean())
+        selection = chosen.join(means, on=[*keys, "lr"], how="left").join(scores, on=keys)
+        how = (
+            f"the one the sweep selected, by mean {select_lr_by} on the dev/validation rows "
+            f"(column {SELECTED_BY_COLUMN}), not selected again"
+        )
     if tuned.filter(pl.col("lr").is_not_null()).height:
-        notes.append(f"Learning rate selected by mean {select_lr_by} {how}.")
+        notes.append(f"Learning rate: {how}.")
         with_lr = tuned.filter(pl.col("lr").is_not_null())
         if (unselected := with_lr.join(selection, on=keys, how="anti").unique(keys)).height:
             names = ", ".join(
                 "/".join(map(str, r)) for r in unselected.select(keys).sort(keys).rows()
             )
             notes.append(f"Left out, no rows to select an lr on: {names}.")
-    return selection, rows, notes
+    return selection, rows, notes, select_lr_by
 
 
 def table_intervals(rows: pl.DataFrame, configs: list[Config]) -> Intervals:
@@ -198,7 +214,7 @@ def build_report(
         raise ReportError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     table, notes = validate(table)
     metrics, metric_notes = report_metrics(table, metrics)
-    selection, rows, lr_notes = lr_selection(table, select_lr_by)
+    selection, rows, lr_notes, select_lr_by = lr_selection(table, select_lr_by)
     configs, values = apply_selection(rows, selection)
     benchmarks = sorted({b for _, b, _ in values})
     planned, skipped = plan_comparisons(configs, benchmarks, values, metrics, family)

@@ -2,7 +2,8 @@
 
 The long table (model, sft_dataset, smoothing, lr, benchmark, language, split, metric, value) is
 the format the significance report reads (DESIGN.md, "Significance report"); dev/validation rows
-appear only when the lr is selected on them, and go to MLflow as `eval_dev/...`.
+appear only when the lr is selected on them, and go to MLflow as `eval_dev/...`; the selected
+trials' rows then carry the metric in `lr_selected_by`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from orchestrator.config import SweepConfig
 from orchestrator.execution import ResultKey, ScoredModel, scoring_settings
 from orchestrator.plan import Plan, describe
 from orchestrator.report import report_artifact_folder, write_report
-from orchestrator.stats import select_lr
+from orchestrator.stats import select_lr, with_selection
 from orchestrator.tracking import SweepTracker
 
 RESULTS_FILE = "results.parquet"
@@ -135,7 +136,7 @@ def record_results(
     results: dict[ResultKey, SplitResult],
 ) -> str:
     """Log everything to MLflow and disk; returns the summary to print."""
-    table = long_table(models, results)
+    table = with_selection(long_table(models, results), config.evaluation.select_lr_by)
     out = config.sweep_dir
     table.write_parquet(out / RESULTS_FILE)
     for model in models:

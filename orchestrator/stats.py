@@ -199,6 +199,11 @@ def is_base() -> pl.Expr:
     return pl.col("sft_dataset").is_null() | pl.col("sft_dataset").is_in([BASE_DATASET, "none"])
 
 
+SELECTION_KEYS = ["model", "sft_dataset", "smoothing"]  # a configuration, one lr chosen for it
+# The sweep's record of its lr choice: on every row of a selected trial, the metric it used.
+SELECTED_BY_COLUMN = "lr_selected_by"
+
+
 def select_lr(selection: pl.DataFrame, metric: str) -> pl.DataFrame:
     """Per (model, sft_dataset, smoothing) with lrs: the lr with the best mean `metric` over all
     languages of all benchmarks (ties: the smaller lr), with every candidate's score.
@@ -212,17 +217,44 @@ def select_lr(selection: pl.DataFrame, metric: str) -> pl.DataFrame:
     if tuned.height and not rows.height:
         present = ", ".join(sorted(tuned["metric"].unique()))
         raise ReportError(f"no {metric!r} rows to select the lr on; metrics present: {present}")
-    keys = ["model", "sft_dataset", "smoothing"]
     scores = (
-        rows.group_by(*keys, "lr")
+        rows.group_by(*SELECTION_KEYS, "lr")
         .agg(score=pl.col("value").mean())
         .sort(["score", "lr"], descending=[HIGHER_IS_BETTER[metric], False])
     )
     lr_text = pl.col("lr").map_elements("{:g}".format, return_dtype=pl.String)
     candidate = pl.format("{}: {}", lr_text, pl.col("score").round(4))
-    candidates = scores.sort("lr").group_by(keys).agg(candidates=candidate.str.join(", "))
-    best = scores.group_by(keys, maintain_order=True).first()
-    return best.join(candidates, on=keys).sort(keys)
+    candidates = scores.sort("lr").group_by(SELECTION_KEYS).agg(candidates=candidate.str.join(", "))
+    best = scores.group_by(SELECTION_KEYS, maintain_order=True).first()
+    return best.join(candidates, on=SELECTION_KEYS).sort(SELECTION_KEYS)
+
+
+def with_selection(table: pl.DataFrame, metric: str | None) -> pl.DataFrame:
+    """The table with the sweep's lr choice recorded: `lr_selected_by` is `metric` on every row
+    of a selected trial (the tuned runs scored on the test splits), null elsewhere, so the
+    report takes that choice instead of making its own."""
+    tested = ~pl.col("split").is_in(SELECTION_SPLITS) & pl.col("lr").is_not_null()
+    selected = table.filter(tested)["run"].unique().to_list() if metric else []
+    marked = pl.when(pl.col("run").is_in(selected)).then(pl.lit(metric)).otherwise(None)
+    return table.with_columns(marked.cast(pl.String).alias(SELECTED_BY_COLUMN))
+
+
+def recorded_selection(table: pl.DataFrame) -> tuple[pl.DataFrame, str] | None:
+    """The lr choice a sweep wrote into its table (`SELECTED_BY_COLUMN` names the metric on the
+    selected trials' rows) and that metric; None for a table without one."""
+    if SELECTED_BY_COLUMN not in table.columns:
+        return None
+    rows = table.filter(pl.col(SELECTED_BY_COLUMN).is_not_null(), ~is_base())
+    if not rows.height:
+        return None
+    metrics = sorted(rows[SELECTED_BY_COLUMN].unique())
+    if len(metrics) > 1:
+        raise ReportError(f"{SELECTED_BY_COLUMN} names several metrics ({', '.join(metrics)})")
+    chosen = rows.unique([*SELECTION_KEYS, "lr"]).select(*SELECTION_KEYS, "lr")
+    if (twice := chosen.group_by(SELECTION_KEYS).len().filter(pl.col("len") > 1)).height:
+        names = ", ".join("/".join(map(str, r)) for r in twice.select(SELECTION_KEYS).rows())
+        raise ReportError(f"{SELECTED_BY_COLUMN} marks several lrs of one configuration: {names}")
+    return chosen, metrics[0]
 
 
 def apply_selection(rows: pl.DataFrame, selected: pl.DataFrame) -> tuple[list[Config], Values]:

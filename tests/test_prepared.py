@@ -162,3 +162,17 @@ def test_a_key_is_prepared_once_and_a_change_of_key_prepares_again(
 
     write_rows(source, ROWS[:25])  # the source file changed: prepared again
     assert not prepare(s, storage, say=lambda line: None).reused
+
+
+@pytest.mark.integration
+def test_prepared_data_on_object_storage_is_read_through_a_node_copy(
+    ray_cluster, tiny_model_dir, tmp_path, s3_bucket, monkeypatch
+) -> None:
+    monkeypatch.setenv("CALSWEEP_CACHE", str(tmp_path / "cache"))
+    s = settings(tiny_model_dir, "tulu", max_samples=40)
+    prepared = prepare(s, f"{s3_bucket}/prepared-test", say=lambda line: None)
+    assert prepared.location.startswith("s3://calsweep/prepared-test/prepared/")
+    examples = PreparedExamples(prepared.location)
+    assert examples.rows(range(len(examples))) == per_worker_tokenisation(s)[0]
+    assert list((tmp_path / "cache" / "remote").glob(f"*/{EXAMPLES_FILE}"))  # the node's copy
+    assert prepare(s, f"{s3_bucket}/prepared-test", say=lambda line: None).reused

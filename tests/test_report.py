@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from orchestrator.report import ReportError, build_report, main, write_report
-from orchestrator.stats import compare, holm
+from orchestrator.stats import compare, holm, with_selection
 
 LANGS = {"global_mmlu": [f"g{i}" for i in range(10)], "mmlu_prox": [f"p{i}" for i in range(9)]}
 BASE_SHIFT = {"accuracy": -0.05, "entropy": 0.3, "ece": -0.1}  # base: less accurate, calibrated
@@ -197,6 +197,33 @@ def test_lr_selection_uses_dev_split_when_present(table: pl.DataFrame) -> None:
     no_dev = both.filter((pl.col("split") == "test") | (pl.col("sft_dataset") != "tulu"))
     assert any("Left out" in n and "m1/tulu/0.0" in n for n in build_report(no_dev).notes)
     assert any("optimistic" in note for note in build_report(table).notes)
+
+
+def test_a_recorded_sweep_selection_is_taken_not_selected_again(table: pl.DataFrame) -> None:
+    # The sweep selected lr 1e-5 everywhere by ECE on dev (as `with_selection` records it);
+    # the report's own accuracy rule would pick 2e-5 for smoothing 0.1 (`best_lr`).
+    dev = table.with_columns(split=pl.lit("dev"))
+    test = table.filter(pl.col("lr").is_null() | (pl.col("lr") == 1e-5))
+    both = pl.concat([test.with_columns(split=pl.lit("test")), dev])
+    recorded = with_selection(both, "ece")
+    assert set(recorded.filter(pl.col("lr_selected_by") == "ece")["lr"]) == {1e-5}
+
+    report = build_report(recorded, select_lr_by="accuracy")
+    assert set(report.selection["lr"]) == {1e-5} and report.select_lr_by == "ece"
+    assert report.selection.height == len(CONFIGS) * 2
+    assert any("the sweep selected, by mean ece" in note for note in report.notes)
+    means = dev.filter(pl.col("metric") == "ece", pl.col("lr") == 1e-5)
+    for row in report.selection.iter_rows(named=True):  # shown with the dev score it had
+        mine = means.filter(
+            pl.col("model") == row["model"],
+            pl.col("sft_dataset") == row["sft_dataset"],
+            pl.col("smoothing") == row["smoothing"],
+        )
+        assert row["score"] == pytest.approx(mine["value"].mean())
+        assert "1e-05: " in row["candidates"] and "2e-05: " in row["candidates"]
+    # without the record the report selects for itself, and loses the configurations whose
+    # chosen lr has no test rows
+    assert set(build_report(both, select_lr_by="accuracy").selection["lr"]) == {1e-5, 2e-5}
 
 
 def test_table1_means_match_hand_computation(report, table: pl.DataFrame) -> None:
