@@ -279,6 +279,8 @@ def report_blocks(
     )
     blocks += [("h2", "Table 1: means over languages"), ("p", legend)]
     blocks += [("table", _table1_cells(report)), ("h2", "Per-language results")]
+    if report.intervals:
+        blocks.append(("p", "In brackets: the 95% bootstrap interval (questions resampled)."))
     for benchmark in report.benchmarks:
         for metric in (m for m in PER_LANGUAGE_METRICS if m in report.metrics):
             for model in sorted({cfg.model for cfg in report.configs}):
@@ -349,11 +351,23 @@ def _comparison_cells(c: pl.DataFrame, test: str) -> Table:
 
 
 def _language_cells(report: Report, benchmark: str, metric: str, model: str) -> Table:
+    """One row per language: each configuration's value and, where the table has one, its 95%
+    bootstrap interval, ``0.412 [0.371, 0.455]``."""
     configs = [c for c in report.configs if c.model == model]
     by_config = [report.values.get((c, benchmark, metric), {}) for c in configs]
+    bounds = [report.intervals.get((c, benchmark, metric), {}) for c in configs]
     languages = sorted(set().union(*by_config))
-    rows = [[lang, *(_num(v.get(lang)) for v in by_config)] for lang in languages]
+    cells = list(zip(by_config, bounds, strict=True))
+    rows = [
+        [lang, *(_with_interval(v.get(lang), b.get(lang)) for v, b in cells)] for lang in languages
+    ]
     return ["language", *(c.label for c in configs)], rows
+
+
+def _with_interval(value: float | None, bounds: tuple[float, float] | None) -> str:
+    if bounds is None or value is None:
+        return _num(value)
+    return f"{_num(value)} [{_num(bounds[0])}, {_num(bounds[1])}]"
 
 
 def write_report(

@@ -238,3 +238,13 @@ def test_table_without_predictions_says_what_reliability_diagrams_need(tmp_path:
     assert "Pooled reliability diagrams need predictions" in markdown
     assert not list(tmp_path.glob("figures/reliability*"))
     assert len(list(tmp_path.glob("figures/*.png"))) == 1 + 4 + 2
+
+
+def test_per_language_tables_show_each_value_with_its_interval(tmp_path: Path) -> None:
+    table = small_table(intervals=True)
+    markdown = write_report(table, tmp_path, draw=False)["markdown"].read_text()
+    assert "In brackets: the 95% bootstrap interval" in markdown
+    for r in table.filter(pl.col("metric").is_in(["accuracy", "ece"])).iter_rows(named=True):
+        assert f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" in markdown, r
+    plain = write_report(small_table(), tmp_path / "plain", draw=False)["markdown"].read_text()
+    assert "In brackets" not in plain and " [0." not in plain
