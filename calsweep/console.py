@@ -43,3 +43,6 @@ def quiet_libraries(verbose: bool) -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
     for name in ("datasets", "transformers", "mlflow", "alembic", "deepspeed"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # DeepSpeed's own logger resets its level when deepspeed is imported, and warns at import on
+    # a machine without a GPU ("Setting accelerator to CPU..."); a filter outlives the reset.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)

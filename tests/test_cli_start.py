@@ -52,3 +52,11 @@ def test_help_and_dry_run_import_no_heavy_package(command: list[str]) -> None:
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["code"] in (0, None), done.stderr
     assert outcome["heavy"] == [], f"{' '.join(command)} imported {outcome['heavy']}"
+
+
+def test_quiet_libraries_silence_deepspeeds_warning_at_import() -> None:
+    """Without a GPU, `import deepspeed` warns "Setting accelerator to CPU..." on stdout through
+    a logger whose level it resets; the CLIs' quiet default must still hide it."""
+    quiet = "from calsweep.console import quiet_libraries; quiet_libraries(False); import deepspeed"
+    done = subprocess.run([sys.executable, "-c", quiet], capture_output=True, text=True, check=True)
+    assert done.stdout + done.stderr == ""
