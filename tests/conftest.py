@@ -120,6 +120,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A private 2-CPU Ray instance for one test module (Ray Train runs, Ray Data preparation)."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # "local": a private instance even when another `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 BIN = Path(sys.executable).parent  # the venv's console scripts, even when it is not on PATH
 
 

@@ -4,13 +4,11 @@ made once per key and reused, read back by row index from the memory map."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import ray
 from transformers import AutoTokenizer
 
 from trainers.chat_tokens import tokenize_conversations
@@ -22,14 +20,6 @@ from trainers.prepared import (
 )
 from trainers.settings import TrainSettings
 from trainers.sft_data import IGNORE_INDEX, MalformedRow, load_sft_conversations
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

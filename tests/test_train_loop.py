@@ -179,15 +179,6 @@ def test_zero3_loads_each_weight_partitioned_with_the_checkpoint_values(
 # --- real Ray Train runs ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    # "local": a private instance even when another `ray start` cluster runs on this machine
-    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def fit(
     s: TrainSettings,
     storage: Path,
