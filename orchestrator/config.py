@@ -220,7 +220,8 @@ class SweepConfig(Strict):
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
-    """Read, resolve paths in and validate a sweep YAML; raise ConfigError naming each problem."""
+    """Read, resolve paths in and validate a sweep YAML, with `overrides` (from the command line)
+    merged over it; raise ConfigError naming each problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
@@ -230,12 +231,63 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sw
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    raw = {**raw, **(overrides or {})}
+    overrides = overrides or {}
     try:
-        config = SweepConfig.model_validate(raw)
+        config = SweepConfig.model_validate(merge(raw, overrides))
     except ValidationError as err:
-        raise ConfigError("\n".join(_format_error(path, e) for e in err.errors())) from None
+        given = " (set on the command line)"
+        lines = [
+            _format_error(path, e) + given * _within(raw, overrides, e["loc"]) for e in err.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None
     return _resolve_paths(config, path.parent.resolve())
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it: mappings merge key by key, anything else replaces
+    (so `--tracking-uri` keeps the YAML's `tracking.experiment`, and a list is set whole)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items -> one nested override; KEY is a dotted path, VALUE is YAML
+    (`5`, `[1e-5, 5e-5]`, `null`), and a later item wins over an earlier one."""
+    override: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. training.max_steps=5"
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML (a list is written [a, b])"
+            ) from None
+        for part in reversed(parts):
+            value = {part: value}
+        override = merge(override, value)
+    return override
+
+
+def _within(base: Any, override: Any, loc: tuple[Any, ...]) -> bool:
+    """Whether `merge(base, override)` took the value at `loc` (a pydantic error location) from
+    `override`: the walk reaches a value that replaced the base's whole."""
+    for part in loc:
+        if not isinstance(override, dict) or not isinstance(base, dict):
+            break
+        if part not in override:
+            return False
+        base, override = base.get(part), override[part]
+    return bool(loc) and not (isinstance(override, dict) and isinstance(base, dict))
 
 
 def _resolve_paths(config: SweepConfig, base: Path) -> SweepConfig:

@@ -22,9 +22,11 @@ EPILOG = """examples:
   python -m orchestrator.sweep sweeps/local.yaml             # offline sweep on this machine
   python -m orchestrator.sweep sweeps/full.yaml --dry-run    # print the study's plan, start nothing
   python -m orchestrator.sweep sweeps/full.yaml --address auto --resume   # continue on a cluster
+  python -m orchestrator.sweep sweeps/local.yaml --set training.max_steps=5  # override a value
 
 exit status: 0 every trial trained and scored; 1 some trials failed (the rest are scored and
-recorded); 2 the sweep file or its data is wrong (nothing started)
+recorded); 2 the sweep file or its data is wrong, or another sweep is using its output directory
+(nothing started)
 """
 
 
@@ -57,7 +59,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Ray cluster to join ('auto' or host:port; default $RAY_ADDRESS, "
         "else a local Ray instance is started)",
     )
-    parser.add_argument("--output-dir", help="override the YAML's output_dir")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value of the YAML (repeatable): KEY a dotted path, VALUE read as YAML, "
+        "e.g. training.max_steps=5, grid.learning_rate=[1e-5,5e-5], "
+        "evaluation.benchmarks.global_mmlu.limit=4; mappings merge, other values replace",
+    )
+    parser.add_argument(
+        "--output-dir", help="override the YAML's output_dir (as --set output_dir=DIR)"
+    )
     parser.add_argument(
         "--storage",
         help="override the YAML's storage: where checkpoints and exported models go (a shared "
@@ -65,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tracking-uri",
-        help="override the MLflow tracking URI (default: sqlite in the sweep's output directory)",
+        help="override the MLflow tracking URI, keeping the YAML's tracking.experiment "
+        "(default: sqlite in the sweep's output directory)",
     )
     parser.add_argument(
         "--verbose",
@@ -78,18 +92,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries(args.verbose)
-    from orchestrator.config import ConfigError, load_config
+    from orchestrator.config import ConfigError, load_config, merge, parse_set
     from orchestrator.plan import describe, expand
 
-    overrides: dict = {}
+    flags: dict = {}  # taken as given (not read as YAML), and over any --set of the same key
     if args.output_dir:
-        overrides["output_dir"] = args.output_dir
+        flags["output_dir"] = args.output_dir
     if args.storage:
-        overrides["storage"] = args.storage
+        flags["storage"] = args.storage
     if args.tracking_uri:
-        overrides["tracking"] = {"tracking_uri": args.tracking_uri}
+        flags["tracking"] = {"tracking_uri": args.tracking_uri}
     try:
-        config = load_config(args.sweep, overrides)
+        config = load_config(args.sweep, merge(parse_set(args.set), flags))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -102,9 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return 0
-    summary, failed = run_sweep(
-        config, plan, address=args.address, resume=args.resume, verbose=args.verbose
-    )
+    from orchestrator.lock import SweepLocked, sweep_lock
+
+    try:
+        with sweep_lock(config.sweep_dir):  # before Ray starts: a refused sweep costs nothing
+            summary, failed = run_sweep(
+                config, plan, address=args.address, resume=args.resume, verbose=args.verbose
+            )
+    except SweepLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(summary)
     if failed:
         print(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import ConfigError, load_config
+from orchestrator.config import ConfigError, SweepConfig, load_config, merge, parse_set
 from orchestrator.plan import describe, expand
 from orchestrator.trial import train_settings
 
@@ -145,3 +145,91 @@ def test_training_section_reaches_the_worker_settings(tmp_path: Path) -> None:
     assert not settings.length_grouped and settings.zero_stage == 3 and settings.max_steps == 7
     assert settings.label_smoothing == trial.label_smoothing
     assert settings.model_path == str(tmp_path / "model")
+
+
+def cli_config(tmp_path: Path, monkeypatch, data: dict, *flags: str) -> SweepConfig:
+    """The config that `python -m orchestrator.sweep` hands to the sweep (stopped right there),
+    after checking that the output directory's lock is held around it."""
+    from orchestrator import sweep
+
+    seen: dict = {}
+
+    def run_sweep(config: SweepConfig, plan, **_) -> tuple[str, list[str]]:
+        seen["config"] = config
+        assert (config.sweep_dir / ".calsweep.lock").exists()
+        return "summary", []
+
+    monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    assert sweep.main([str(write(tmp_path, data)), *flags]) == 0
+    assert not (seen["config"].sweep_dir / ".calsweep.lock").exists()
+    return seen["config"]
+
+
+def test_tracking_uri_flag_keeps_the_yamls_experiment(tmp_path: Path, monkeypatch) -> None:
+    data = {**copy.deepcopy(VALID), "tracking": {"experiment": "calibration"}}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    flags = ("--tracking-uri", uri, "--set", "output_dir=elsewhere", "--output-dir", str(tmp_path))
+    config = cli_config(tmp_path, monkeypatch, data, *flags)
+    assert (config.tracking.tracking_uri, config.tracking.experiment) == (uri, "calibration")
+    assert config.output_dir == str(tmp_path)  # the flag over a --set of the same key
+
+
+def test_set_overrides_nested_values_and_keeps_their_siblings(tmp_path: Path) -> None:
+    items = ["training.max_steps=5", "evaluation.benchmarks.global_mmlu.limit=4", "seed=7"]
+    config = load_config(write(tmp_path, VALID), parse_set(items))
+    assert (config.training.max_steps, config.seed) == (5, 7)
+    bench = config.evaluation.benchmarks["global_mmlu"]
+    assert (bench.limit, bench.languages) == (4, ["de", "sw"])
+    assert config.grid.label_smoothing == [0.0, 0.1]
+
+
+def test_set_values_are_yaml_lists_numbers_and_null(tmp_path: Path) -> None:
+    data = copy.deepcopy(VALID)
+    data["training"] = {"max_steps": 9}
+    items = [
+        "grid.learning_rate=[1e-5, 5e-5]",
+        "grid.label_smoothing=[0.05]",
+        "training.max_steps=null",
+        "evaluation.benchmarks.global_mmlu.languages=[sw]",
+        "evaluation.benchmarks.global_mmlu.languages=[de]",  # the later one wins
+    ]
+    config = load_config(write(tmp_path, data), parse_set(items))
+    assert config.grid.learning_rate == [1e-5, 5e-5]  # a list replaces the YAML's, whole
+    assert config.grid.label_smoothing == [0.05] and config.training.max_steps is None
+    assert config.evaluation.benchmarks["global_mmlu"].languages == ["de"]
+
+
+def test_set_of_an_unknown_key_fails_naming_its_path(tmp_path: Path) -> None:
+    data = copy.deepcopy(VALID)
+    data["grid"]["learning_rates"] = [1e-3]  # a typo in the YAML itself, too
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data), parse_set(["training.max_stepz=5"]))
+    lines = sorted(str(info.value).splitlines())
+    assert len(lines) == 2
+    assert lines[0].endswith(
+        ": grid.learning_rates: unknown key; allowed keys here: "
+        "learning_rate, label_smoothing, model, sft_dataset"
+    )
+    assert ": training.max_stepz: unknown key; allowed keys here: max_steps, epochs" in lines[1]
+    assert lines[1].endswith("(set on the command line)")
+
+
+@pytest.mark.parametrize(
+    "item", ["training", "=5", "training..max_steps=5", " =1", "grid.model=[a"]
+)
+def test_a_malformed_set_is_one_line_and_exit_2(tmp_path: Path, item: str, capsys) -> None:
+    from orchestrator.sweep import main
+
+    with pytest.raises(ConfigError, match=r"^--set '.*'") as info:
+        parse_set([item])
+    assert "\n" not in str(info.value)
+    assert main([str(write(tmp_path, VALID)), "--dry-run", "--set", item]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"error: {info.value}"
+
+
+def test_merge_merges_mappings_and_replaces_everything_else() -> None:
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": {"f": 1}}
+    override = {"a": {"c": [3]}, "d": {"x": 1}, "e": None, "g": 2}
+    assert merge(base, override) == {"a": {"b": 1, "c": [3]}, "d": {"x": 1}, "e": None, "g": 2}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": {"f": 1}}  # not changed in place
