@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import struct
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,36 +84,6 @@ def write_text(location: str, text: str) -> None:
     """Write a text file atomically (`atomic_output`)."""
     with atomic_output(location) as stream:
         stream.write(text.encode())
-
-
-def is_complete_export(location: str) -> bool:
-    """True for a fully written HF model directory: config, tokenizer config, and safetensors
-    files whose sizes match their headers (a truncated copy or upload does not)."""
-    fs, root = filesystem(location)
-    files = {
-        info.base_name: info.size
-        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        if info.type == pafs.FileType.File
-    }
-    weights = [name for name in files if name.endswith(".safetensors")]
-    if "config.json" not in files or "tokenizer_config.json" not in files or not weights:
-        return False
-    return all(_safetensors_size(fs, f"{root}/{name}") == files[name] for name in weights)
-
-
-def _safetensors_size(fs: pafs.FileSystem, path: str) -> int | None:
-    """The size a safetensors file must have: 8 + header length + end of the last tensor."""
-    with fs.open_input_file(path) as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            return None
-        (header_len,) = struct.unpack("<Q", prefix)
-        try:
-            header = json.loads(handle.read(header_len))
-        except ValueError:
-            return None
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-    return 8 + header_len + max(ends, default=0)
 
 
 def copy_to_local(location: str, destination: Path) -> None:

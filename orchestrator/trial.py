@@ -17,14 +17,20 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calsweep.models import resolve_model
-from calsweep.storage import is_complete_export, join, read_text, write_text
+from calsweep.storage import join, read_text, write_text
 from orchestrator.config import SweepConfig
 from orchestrator.plan import TrialSpec
+from trainers.export import (
+    FINAL_CHECKPOINT,
+    HF_EXPORT_DIR,
+    ExportedModel,
+    exported_model,
+    read_export,
+)
 from trainers.settings import TrainSettings
-from trainers.train_loop import HF_EXPORT_DIR, exported_model_dir, train_func
+from trainers.train_loop import train_func
 
 GRID_AXES = ("model", "sft_dataset", "learning_rate", "label_smoothing")
-FINAL_CHECKPOINT = "checkpoint_final"  # checkpoint_dir_name of the worker's final report
 
 
 def trial_from_tune_config(tune_config: dict[str, Any], seed: int) -> TrialSpec:
@@ -67,14 +73,17 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any], prepared: dict
     record_text = read_text(record_path)
     if record_text is not None:
         record = json.loads(record_text)
-        if is_complete_export(record["model_dir"]):
-            tune.report({**record["final_metrics"], "model_dir": record["model_dir"], "reused": 1})
+        export = read_export(record["model_dir"])
+        if export is not None:
+            reported = {"model_dir": export.location, "export_digest": export.digest, "reused": 1}
+            tune.report({**record["final_metrics"], **reported})
             return
 
     # The Train run may have exported its model before the sweep driver died: reuse it.
     final_export = join(config.storage_dir, f"train-{trial_id}", FINAL_CHECKPOINT, HF_EXPORT_DIR)
-    if is_complete_export(final_export):
-        _finish(record_path, final_export, {}, reused=1)
+    export = read_export(final_export)
+    if export is not None:
+        _finish(record_path, export, {}, reused=1)
         return
 
     resources = config.resources
@@ -99,14 +108,14 @@ def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any], prepared: dict
         ),
     )
     result = trainer.fit()
-    model_dir = exported_model_dir(result)  # NonFiniteLossError names the step and the value
-    if not is_complete_export(model_dir):
-        raise RuntimeError(f"trial {trial.run_name}: incomplete model export in {model_dir}")
+    # NonFiniteLossError names the step and the value; RuntimeError: no complete export
+    export = exported_model(result)
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
-    _finish(record_path, model_dir, final_metrics, reused=0)
+    _finish(record_path, export, final_metrics, reused=0)
 
 
-def _finish(record_path: str, model_dir: str, final_metrics: dict[str, float], reused: int):
+def _finish(record_path: str, export: ExportedModel, final_metrics: dict[str, float], reused: int):
     """Record the export (atomically: a record exists only for a complete export) and report."""
-    write_text(record_path, json.dumps({"model_dir": model_dir, "final_metrics": final_metrics}))
-    tune.report({**final_metrics, "model_dir": model_dir, "reused": reused})
+    located = {"model_dir": export.location, "export_digest": export.digest}
+    write_text(record_path, json.dumps({**located, "final_metrics": final_metrics}))
+    tune.report({**final_metrics, **located, "reused": reused})

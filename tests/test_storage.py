@@ -1,26 +1,23 @@
-"""Sweep storage on local disk and on a real S3 API (moto's server): text records, export
-completeness from safetensors headers, and local copies of remote exports."""
+"""Sweep storage on local disk and on a real S3 API (moto's server): text records and local
+copies of remote exports (export completeness: tests/test_export.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from safetensors import safe_open
 
 from calsweep.storage import (
     copy_to_local,
     filesystem,
-    is_complete_export,
     join,
     local_copy,
     location_of,
     read_text,
+    remote_version,
     write_text,
 )
-from evaluators.pipeline import model_digest
 
 
 def upload(local: Path, location: str) -> None:
@@ -38,34 +35,6 @@ def test_text_records_round_trip(tmp_path: Path, remote: bool, request) -> None:
     assert read_text(location) == '{"a": 2}'
     if not remote:  # no temporary file is left behind
         assert [p.name for p in (tmp_path / "trials").iterdir()] == ["abc.json"]
-
-
-def test_export_completeness_follows_the_safetensors_header(
-    tmp_path: Path, tiny_model_dir: Path, s3_bucket: str
-) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
-    weights = next(model.glob("*.safetensors"))
-    with safe_open(str(weights), framework="pt") as handle:  # independent: safetensors itself
-        assert len(list(handle.keys())) > 0
-    assert is_complete_export(str(model))
-    remote = join(s3_bucket, "exports", "complete")
-    upload(model, remote)
-    assert is_complete_export(remote)
-
-    data = weights.read_bytes()
-    weights.write_bytes(data[:-1])  # one byte short, as after an interrupted upload
-    with pytest.raises(Exception):  # noqa: B017 - safetensors agrees that it is broken
-        safe_open(str(weights), framework="pt")
-    assert not is_complete_export(str(model))
-    upload(model, join(s3_bucket, "exports", "truncated"))
-    assert not is_complete_export(join(s3_bucket, "exports", "truncated"))
-
-    weights.write_bytes(data)
-    (model / "tokenizer_config.json").unlink()
-    assert not is_complete_export(str(model))
-    assert not is_complete_export(str(tmp_path / "missing"))
-    assert not is_complete_export(join(s3_bucket, "exports", "missing"))
 
 
 @pytest.fixture
@@ -113,11 +82,11 @@ def test_a_changed_remote_export_is_copied_again(remote_export: str, s3_bucket: 
         local_copy(join(s3_bucket, "exports", "nothing"))
 
 
-def test_remote_model_digest_downloads_nothing_and_follows_rewrites(
+def test_remote_version_downloads_nothing_and_follows_rewrites(
     remote_export: str, tmp_path: Path
 ) -> None:
-    digest = model_digest(remote_export)
-    assert digest.startswith("remote:") and not (tmp_path / "cache").exists()
-    assert model_digest(remote_export) == digest
+    version = remote_version(remote_export)
+    assert not (tmp_path / "cache").exists()
+    assert remote_version(remote_export) == version
     write_text(join(remote_export, "config.json"), '{"changed": true}')
-    assert model_digest(remote_export) != digest
+    assert remote_version(remote_export) != version

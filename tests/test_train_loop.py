@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import random
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,17 +26,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.batching import collate
 from trainers.chat_tokens import tokenize_conversations
+from trainers.export import MANIFEST_FILE, NonFiniteLossError, exported_model
 from trainers.fit import ForwardReports
 from trainers.prepared import with_prepared_data
 from trainers.settings import TrainSettings
 from trainers.sft_data import IGNORE_INDEX, load_sft_conversations
 from trainers.train_loop import (
     HISTORY_KEY,
-    NonFiniteLossError,
     _build_engine,
     _ensure_process_group,
     batch_schedule,
-    exported_model_dir,
     lr_multiplier,
     rank_micro_batches,
     train_func,
@@ -250,9 +251,16 @@ def test_two_workers_with_grad_accum_equal_one_process_on_the_whole_batch(
     # The gradient norm is what a wrong token normalisation (per micro-batch or per worker
     # means, or a missing grad-accum / world factor) would change; Adam's update hides scale.
     assert reports[-1]["train/grad_norm"] == pytest.approx(norm, rel=1e-4)
-    trained = parameters(exported_model_dir(result))
+    export = exported_model(result)
+    trained = parameters(export.location)
     for name, value in expected.items():
         torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-6, msg=name)
+    # Rank 0's manifest digest is that of the files as they reached the run's storage.
+    names = sorted(p.name for p in Path(export.location).iterdir() if p.name != MANIFEST_FILE)
+    sums = subprocess.run(
+        ["sha256sum", *names], cwd=export.location, capture_output=True, check=True
+    )
+    assert export.digest == hashlib.sha256(sums.stdout).hexdigest()
 
 
 @pytest.mark.integration
@@ -325,8 +333,8 @@ def test_killed_run_resumes_from_its_checkpoint_on_the_same_trajectory(
     for got, want in zip(resumed, expected, strict=True):
         assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-5)
         assert got["train/lr"] == pytest.approx(want["train/lr"])
-    final = parameters(exported_model_dir(result))
-    for name, value in parameters(exported_model_dir(reference)).items():
+    final = parameters(exported_model(result).location)
+    for name, value in parameters(exported_model(reference).location).items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-5, msg=name)
 
 
@@ -338,9 +346,9 @@ def test_zero3_export_is_consolidated_trained_and_agrees_with_zero2(
     zero3 = TrainSettings(**{**s.to_dict(), "zero_stage": 3, "checkpoint_every_steps": 0})
     result, reports = fit(zero3, tmp_path, "zero3")
 
-    exported = parameters(exported_model_dir(result))
+    exported = parameters(exported_model(result).location)
     initial = parameters(tiny_model_dir)
-    zero2 = parameters(exported_model_dir(zero2_result))
+    zero2 = parameters(exported_model(zero2_result).location)
     assert exported.keys() == initial.keys()
     assert all(exported[n].shape == initial[n].shape for n in initial)  # whole, not shards
     assert max((exported[n] - initial[n]).abs().max().item() for n in initial) > 1e-3
@@ -361,5 +369,5 @@ def test_nonfinite_loss_stops_the_run_without_retry(
     assert "non-finite training loss nan at optimizer step 2" in reports[-1]["error"]
     assert Path(result.checkpoint.path).name == "failed_nonfinite_training_loss_nan_at_step000002"
     with pytest.raises(NonFiniteLossError, match="nan at optimizer step 2") as caught:
-        exported_model_dir(result)
+        exported_model(result)
     assert caught.value.step == 2

@@ -17,9 +17,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Empty, Queue
 
 from calsweep.storage import is_uri
+from trainers.export import exported_model
 from trainers.prepared import with_prepared_data
 from trainers.settings import TrainSettings
-from trainers.train_loop import exported_model_dir, train_func
+from trainers.train_loop import train_func
 
 
 class ForwardReports(UserCallback):
@@ -106,4 +107,4 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> str:
     finally:
         done.set()
         printer.join()
-    return exported_model_dir(result)
+    return exported_model(result).location

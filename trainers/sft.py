@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from calsweep.cluster import init_ray
     from calsweep.storage import copy_to_local
+    from trainers.export import NonFiniteLossError
     from trainers.fit import train
-    from trainers.train_loop import NonFiniteLossError, zero_stage
+    from trainers.train_loop import zero_stage
 
     init_ray(args.address, args.verbose)
     per_step = settings.micro_batch_size * settings.grad_accum_steps * args.workers

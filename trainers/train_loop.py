@@ -14,10 +14,8 @@ used), ``train/tokens_per_s`` (non-padding tokens, all workers), ``train/step_s`
 ``train/grad_norm`` (before clipping, when DeepSpeed computes it), ``train/peak_rss_mb`` (this
 worker), ``train/skipped_rows`` and ``train/setup_s`` (worker start to first step); the first
 report after a resume adds `HISTORY_KEY`. The lr schedule is `lr_multiplier`; a NaN/inf loss
-ends the run without a retry (`_report_nonfinite`).
-Checkpoints: ``checkpoint_stepNNNNNN/deepspeed`` (resumable),
-``checkpoint_final/hf_model`` (the export), or, when the loss went non-finite, a
-``failed_nonfinite_*`` checkpoint holding only ``nonfinite_loss.json`` (see `exported_model_dir`).
+ends the run without a retry (`_report_nonfinite`). The checkpoints and the export are laid out
+by `trainers.export`.
 """
 
 from __future__ import annotations
@@ -38,37 +36,28 @@ import ray.train
 import torch
 
 from calsweep.hardware import PRECISIONS, auto_precision
-from calsweep.storage import join, location_of, read_text
 from trainers.batching import collate, length_grouped_batches
+from trainers.export import (
+    DS_STATE_DIR,
+    FINAL_CHECKPOINT,
+    HF_EXPORT_DIR,
+    NonFiniteLossError,
+    ends_run,
+    failure_checkpoint_name,
+    step_checkpoint_name,
+    write_export,
+    write_failure,
+)
 from trainers.loss import masked_label_smoothed_cross_entropy
 from trainers.prepared import PreparedExamples
 from trainers.settings import TrainSettings
 
-HF_EXPORT_DIR = "hf_model"
-DS_STATE_DIR = "deepspeed"
-FAILURE_FILE = "nonfinite_loss.json"
 # Result key of the first report after a resume: the JSON list of [step, {train/... metrics}]
 # reported up to the checkpoint, so a consumer can fill in steps whose results were lost.
 HISTORY_KEY = "resumed_history"
 # Config attributes that hold a dropout probability, across HF architectures (Llama, Mistral and
 # Gemma2: attention_dropout; GPT-2: attn_pdrop/resid_pdrop/embd_pdrop; BERT-style: *_dropout_prob).
 DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_rate", "dropout_prob")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/inf: retrying would train on garbage again, so the run stops."""
-
-    def __init__(self, step: int, value: float, quantity: str = "training loss") -> None:
-        super().__init__(
-            f"non-finite {quantity} {value} at optimizer step {step}; lower the learning rate "
-            "or check the data (the run stopped without retrying)"
-        )
-        self.step = step
-        self.value = value
-        self.quantity = quantity
-
-    def __reduce__(self) -> tuple[type, tuple[int, float, str]]:  # crosses Ray processes
-        return (self.__class__, (self.step, self.value, self.quantity))
 
 
 def warmup_steps(s: TrainSettings, total_steps: int) -> int:
@@ -417,7 +406,7 @@ def _restore(engine) -> tuple[int, list] | None:
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as ckpt_dir:
-        if (Path(ckpt_dir) / HF_EXPORT_DIR).is_dir() or (Path(ckpt_dir) / FAILURE_FILE).is_file():
+        if ends_run(Path(ckpt_dir)):
             return None
         loaded, client_state = engine.load_checkpoint(str(Path(ckpt_dir) / DS_STATE_DIR))
     if loaded is None:  # DeepSpeed only logs a warning when it finds nothing to load
@@ -436,12 +425,12 @@ def _report_resumable(engine, metrics: dict[str, Any], step: int, history: list)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"checkpoint_step{step:06d}",
+            checkpoint_dir_name=step_checkpoint_name(step),
         )
 
 
 def _report_final(engine, tokenizer, metrics: dict[str, Any], rank: int) -> None:
-    """Export the trained model as a Hugging Face directory in the final checkpoint."""
+    """Export the trained model (`write_export`, on rank 0) in the final checkpoint."""
     if engine.zero_optimization_stage() == 3:  # gathers the shards: every rank must take part
         state_dict = engine._zero3_consolidated_16bit_state_dict()
     else:
@@ -449,14 +438,12 @@ def _report_final(engine, tokenizer, metrics: dict[str, Any], rank: int) -> None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            export = Path(tmp) / HF_EXPORT_DIR
-            engine.module.save_pretrained(export, state_dict=state_dict)
-            tokenizer.save_pretrained(export)
+            write_export(engine.module, tokenizer, state_dict, Path(tmp) / HF_EXPORT_DIR)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(
             {**metrics, "exported": 1},
             checkpoint=checkpoint,
-            checkpoint_dir_name="checkpoint_final",
+            checkpoint_dir_name=FINAL_CHECKPOINT,
         )
 
 
@@ -466,41 +453,16 @@ def _report_nonfinite(error: NonFiniteLossError, metrics: dict[str, Any], rank: 
     Ray Train V2 retries every worker exception up to ``FailureConfig.max_failures`` (its
     DefaultFailurePolicy has no non-retryable user errors), and a retry would resume from the
     last checkpoint and diverge again. So every rank returns normally after reporting a
-    checkpoint that holds only the error; `exported_model_dir` turns it into a
-    `NonFiniteLossError` on the driver, and the checkpoint's directory name carries step and
-    value for drivers that only look for ``hf_model/``.
+    checkpoint that holds only the error; `trainers.export.exported_model` turns it into a
+    `NonFiniteLossError` on the driver.
     """
-    quantity = error.quantity.replace(" ", "_")
-    name = f"failed_nonfinite_{quantity}_{error.value}_at_step{error.step:06d}"
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            record = {"step": error.step, "value": error.value, "quantity": error.quantity}
-            (Path(tmp) / FAILURE_FILE).write_text(json.dumps(record))
+            write_failure(error, Path(tmp))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(
             {**metrics, "error": str(error)},
             checkpoint=checkpoint,
-            checkpoint_dir_name=name,
+            checkpoint_dir_name=failure_checkpoint_name(error),
         )
-
-
-def exported_model_dir(result: Any) -> str:
-    """The HF model directory of a finished `TorchTrainer` run (``result`` from ``fit()``): a
-    local path, or a URI when the run's storage is remote.
-
-    Raises `NonFiniteLossError` (step, value) when the run stopped on a non-finite loss, and
-    RuntimeError when the run has no export.
-    """
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run at {result.path} reported no checkpoint")
-    root = location_of(result.checkpoint.filesystem, result.checkpoint.path)
-    failure = read_text(join(root, FAILURE_FILE))
-    if failure is not None:
-        record = json.loads(failure)
-        raise NonFiniteLossError(record["step"], record["value"], record["quantity"])
-    if read_text(join(root, HF_EXPORT_DIR, "config.json")) is None:
-        raise RuntimeError(f"no exported model in {root}")
-    return join(root, HF_EXPORT_DIR)
