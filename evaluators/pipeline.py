@@ -1,16 +1,17 @@
 """Ray Data scoring: (model x split) work items mapped over an actor pool, cached by content.
 
 Work items are sorted by model so each actor loads a model once and keeps it while consecutive
-items use it. Results are cached by (model content digest, split request, scoring settings):
-scoring the same thing twice costs nothing the second time.
+items use it. Results are cached by (model digest, split request, scoring settings): scoring the
+same thing twice costs nothing the second time. The digest of a sweep's export comes from its
+manifest (`trainers.export`), of any other model from `source_digest`: no weight is read to key
+the cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,6 @@ import ray
 from calsweep.storage import is_uri, local_copy, remote_version
 from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
 from evaluators.metrics import MetricConfig
-
-DIGEST_FILE = ".calsweep_digest"
 
 
 @dataclass(frozen=True)
@@ -48,27 +47,13 @@ class WorkItem:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def model_digest(path_or_id: str) -> str:
-    """Content digest of a local model directory (memoised in the directory); for a remote
-    export its `remote_version`, so the driver need not download it; else the hub id."""
-    if is_uri(path_or_id):
-        return f"remote:{remote_version(path_or_id)}"
-    root = Path(path_or_id)
-    if not root.is_dir():
-        return f"hub:{path_or_id}"
-    memo = root / DIGEST_FILE
-    if memo.is_file():
-        return memo.read_text().strip()
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != DIGEST_FILE):
-        digest.update(f"{file.relative_to(root)}:{file.stat().st_size}\n".encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda h=handle: h.read(1 << 24), b""):
-                digest.update(chunk)
-    value = digest.hexdigest()
-    with contextlib.suppress(OSError):  # read-only model directory: recompute next time
-        memo.write_text(value)
-    return value
+def source_digest(path_or_id: str) -> str:
+    """An identity of a model that is not a sweep's export (whose digest its manifest records),
+    without reading its weights: a hub id as itself; a local directory or a remote one by its
+    files' names, sizes and modification times (a rewrite changes it)."""
+    if is_uri(path_or_id) or Path(path_or_id).is_dir():
+        return f"files:{remote_version(path_or_id)}"
+    return f"hub:{path_or_id}"
 
 
 def scoring_actor_class(settings: ScoringSettings, threads: int) -> type:
@@ -124,42 +109,43 @@ def store_cached(cache_dir: Path, key: str, result: SplitResult) -> None:
     tmp.replace(cache_dir / f"{key}.json")
 
 
-def score_work_items(
+def score_items(
     items: list[WorkItem],
     settings: ScoringSettings,
-    cache_dir: Path,
     *,
     num_actors: int = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
-    on_result: Callable[[WorkItem, SplitResult, bool], None] | None = None,
-) -> dict[str, SplitResult]:
-    """Score every item not already cached; returns results by cache key (cached ones too)."""
+    placement_group: Any = None,
+) -> Iterator[tuple[WorkItem, SplitResult]]:
+    """Score `items` on a Ray Data actor pool (in a reserved placement group if given), yielding
+    each result as it arrives. Items are sorted by model, so an actor loads each model once."""
     by_key = {item.cache_key(settings): item for item in items}
-    results: dict[str, SplitResult] = {}
-    todo = []
-    for key, item in by_key.items():
-        cached = load_cached(cache_dir, key)
-        if cached is None:
-            todo.append(item)
-            continue
-        results[key] = cached
-        if on_result:
-            on_result(item, cached, True)
-    todo.sort(key=lambda item: (item.model_key, item.request.benchmark, item.request.language))
-    for key, text in _run_actor_pool(todo, settings, num_actors, cpus_per_actor, gpus_per_actor):
-        results[key] = result_from_json(text)
-        store_cached(cache_dir, key, results[key])
-        if on_result:
-            on_result(by_key[key], results[key], False)
-    return results
+    todo = sorted(
+        by_key.values(),
+        key=lambda item: (item.model_key, item.request.benchmark, item.request.language),
+    )
+    for key, text in _run_actor_pool(
+        todo, settings, num_actors, cpus_per_actor, gpus_per_actor, placement_group
+    ):
+        yield by_key[key], result_from_json(text)
 
 
 def _run_actor_pool(
-    items: list[WorkItem], settings: ScoringSettings, num_actors: int, cpus: float, gpus: float
+    items: list[WorkItem],
+    settings: ScoringSettings,
+    num_actors: int,
+    cpus: float,
+    gpus: float,
+    placement_group: Any,
 ) -> Iterator[tuple[str, str]]:
     if not items:
         return
+    remote_args: dict[str, Any] = {}
+    if placement_group is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        remote_args["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group)
     rows = [
         {"item": json.dumps(asdict(item)), "cache_key": item.cache_key(settings)} for item in items
     ]
@@ -169,6 +155,7 @@ def _run_actor_pool(
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(rows))),
         num_cpus=cpus,
         num_gpus=gpus or None,
+        **remote_args,
     )
     for row in dataset.iter_rows():
         yield row["cache_key"], row["result"]

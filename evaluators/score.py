@@ -158,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         ScoringSettings,
         WorkItem,
         load_cached,
-        model_digest,
+        source_digest,
         store_cached,
     )
     from evaluators.scoring import OptionScorer, load_model
 
     model_path = resolve_model(args.model)
     settings = ScoringSettings(args.mode, args.dtype, args.max_batch_tokens, MetricConfig())
-    digest = model_digest(model_path)
+    digest = source_digest(model_path)
     cache = args.cache or args.out / "cache"
     scorer = None
 

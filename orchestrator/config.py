@@ -159,6 +159,11 @@ class ResourcesConfig(Strict):
     cpus_per_trial_driver: Annotated[float, Field(ge=0)] = 0.0
     cpus_per_scoring_actor: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_scoring_actor: Annotated[float, Field(ge=0)] = 0.0
+    # Checkpoints are scored while other trials train. shared: scoring actors take free
+    # resources as trials leave them (nothing idles, but scoring waits while trials fill the
+    # cluster); reserved: evaluation.num_actors x the above are held for scoring all sweep long
+    # (results stream at once; training gets that much less).
+    scoring: Literal["shared", "reserved"] = "shared"
 
 
 class EstimateConfig(Strict):

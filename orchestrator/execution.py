@@ -1,12 +1,14 @@
-"""The sweep's two Ray phases: train the grid with Tune, then score every model with Ray Data."""
+"""The sweep's Ray parts: the cluster checks, the SFT data, the Tune run of the plan's trial
+jobs, and the scoring settings and resources; `orchestrator.conductor` runs them together."""
 
 from __future__ import annotations
 
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
@@ -14,22 +16,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from calsweep.cluster import init_ray as start_ray
 from calsweep.console import say
-from calsweep.models import resolve_model
-from calsweep.storage import is_uri, join
-from evaluators.evaluate import SplitRequest, SplitResult
+from calsweep.storage import is_uri
+from evaluators.evaluate import SplitRequest
 from evaluators.metrics import MetricConfig
-from evaluators.pipeline import ScoringSettings, WorkItem, model_digest, score_work_items
+from evaluators.pipeline import ScoringSettings
 from orchestrator.config import SweepConfig
-from orchestrator.plan import EvalSplit, Plan, TrialSpec
-from orchestrator.progress import TrialProgress
-from orchestrator.tracking import SweepTracker
-from orchestrator.trial import (
-    GRID_AXES,
-    data_key,
-    run_trial,
-    train_settings,
-    trial_from_tune_config,
-)
+from orchestrator.plan import EvalSplit, TrialJob, TrialSpec
+from orchestrator.trial import TrainLaunch, run_trial
 from trainers.prepared import prepare
 
 TUNE_EXPERIMENT = "tune"
@@ -43,6 +36,7 @@ class ScoredModel:
     key: str  # trial id, or base:<model>
     run_name: str
     path: str
+    digest: str  # keys the score cache: the export manifest's, or `source_digest`
     trial: TrialSpec | None  # None for base models
     run_id: str
 
@@ -87,11 +81,37 @@ def check_shared_storage(storage: str) -> None:
         )
 
 
+def scoring_reservation(config: SweepConfig) -> dict[str, float]:
+    """What scoring holds for itself when `resources.scoring` is `reserved` (else nothing)."""
+    r, actors = config.resources, config.evaluation.num_actors
+    if r.scoring != "reserved":
+        return {}
+    gpus = r.gpus_per_scoring_actor * actors if r.use_gpu else 0.0
+    return {"CPU": r.cpus_per_scoring_actor * actors, **({"GPU": gpus} if gpus else {})}
+
+
+def reserve_scoring(config: SweepConfig) -> Any:
+    """A placement group holding scoring's reserved resources for the whole sweep (the actors
+    run inside it, trials cannot take it), or None when scoring shares the cluster."""
+    if config.resources.scoring != "reserved":
+        return None
+    r = config.resources
+    bundle = {"CPU": r.cpus_per_scoring_actor}
+    if r.use_gpu and r.gpus_per_scoring_actor:
+        bundle["GPU"] = r.gpus_per_scoring_actor
+    group = ray.util.placement_group([bundle] * config.evaluation.num_actors)
+    ray.get(group.ready(), timeout=300)
+    return group
+
+
 def concurrent_trials(config: SweepConfig) -> int:
-    """Trials that fit the cluster at once: a waiting trial driver holds CPU that its Train
-    workers' placement group may need, so unbounded concurrency can deadlock small clusters."""
+    """Trials that fit the cluster at once (less scoring's reservation): a waiting trial driver
+    holds CPU that its Train workers' placement group may need, so unbounded concurrency can
+    deadlock small clusters."""
     r, t = config.resources, config.training
-    total = ray.cluster_resources()
+    total = dict(ray.cluster_resources())
+    for resource, amount in scoring_reservation(config).items():
+        total[resource] = total.get(resource, 0) - amount
     per_trial_cpu = r.cpus_per_trial_driver + t.num_workers * r.cpus_per_worker
     fit = int(total.get("CPU", 0) // per_trial_cpu)
     if r.use_gpu:
@@ -100,15 +120,16 @@ def concurrent_trials(config: SweepConfig) -> int:
         raise RuntimeError(
             f"one trial needs {per_trial_cpu:g} CPUs{' and GPUs' if r.use_gpu else ''} "
             f"({t.num_workers} workers x {r.cpus_per_worker:g} + driver "
-            f"{r.cpus_per_trial_driver:g}) but the cluster has {total.get('CPU', 0):g}; lower "
-            "training.num_workers or resources.cpus_per_worker"
+            f"{r.cpus_per_trial_driver:g}) but the cluster has {total.get('CPU', 0):g}"
+            + (" beside scoring's reservation" if scoring_reservation(config) else "")
+            + "; lower training.num_workers or resources.cpus_per_worker"
         )
     return fit
 
 
 def tune_trial_name(trial: tune.experiment.Trial) -> str:
     """The trial's MLflow run name (`model|dataset|lr=..|ls=..`), for Tune's own messages."""
-    return trial_from_tune_config(trial.config, seed=0).run_name  # the seed is not in the name
+    return trial.config["job"]["name"]
 
 
 def tune_trial_dirname(trial: tune.experiment.Trial) -> str:
@@ -119,88 +140,59 @@ def tune_trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"{safe}_{trial.trial_id}"
 
 
-def prepare_sft_data(config: SweepConfig, plan: Plan) -> dict[str, str]:
-    """Prepare (or find) the SFT data of each model x SFT dataset of the grid, on the whole
-    cluster before any trial starts; returns each `data_key`'s location."""
+def prepare_sft_data(storage: str, jobs: list[TrialJob]) -> dict[str, str]:
+    """Prepare (or find) the SFT data of each model x SFT dataset of `jobs` on the whole
+    cluster before any trial starts; returns each data key's location."""
+    from calsweep.models import resolve_model
+
     locations: dict[str, str] = {}
-    for trial in plan.trials:
-        key = data_key(trial)
+    for job in jobs:
+        key = job.spec.data_key
         if key not in locations:
-            settings = train_settings(config, trial)
-            locations[key] = prepare(settings, config.storage_dir, say=say).location
+            settings = replace(job.settings, model_path=resolve_model(job.settings.model_path))
+            locations[key] = prepare(settings, storage, say=say).location
     return locations
 
 
-def train_all(
-    config: SweepConfig, plan: Plan, tracker: SweepTracker, *, resume: bool, verbose: bool
-) -> tuple[list[ScoredModel], dict[str, str]]:
-    """Run (or resume) the Tune grid; returns the trained models and failed trials' errors."""
-    prepared = prepare_sft_data(config, plan)
+def run_tune(
+    config: SweepConfig, jobs: list[TrialJob], callback: tune.Callback, *, verbose: bool
+) -> None:
+    """Run exactly `jobs` as Tune trials (the plan's jobs that are not finished yet); each
+    Train run continues from its latest checkpoint if an earlier session left one."""
+    if not jobs:
+        return
+    prepared = prepare_sft_data(config.storage_dir, jobs)
+    r, t = config.resources, config.training
+    launch = TrainLaunch(
+        config.storage_dir, t.num_workers, r.use_gpu, r.cpus_per_worker, t.max_failures
+    )
     # Tune needs a non-empty resource request: a CPU-less driver reserves only memory.
-    driver_cpus = config.resources.cpus_per_trial_driver
+    driver_cpus = r.cpus_per_trial_driver
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=config.model_dump(), prepared=prepared),
+        tune.with_parameters(
+            run_trial, jobs={job.id: job for job in jobs}, prepared=prepared, launch=launch
+        ),
         {"CPU": driver_cpus} if driver_cpus else {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
-    progress = TrialProgress(config, tracker, len(plan.trials))
-    run_config = tune.RunConfig(
-        name=TUNE_EXPERIMENT,
-        storage_path=config.storage_dir,
-        callbacks=[progress],
-        verbose=1 if verbose else 0,
-    )
-    experiment = join(config.storage_dir, TUNE_EXPERIMENT)
-    if resume and tune.Tuner.can_restore(experiment):
-        say(f"resuming the Tune experiment in {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
-    else:
-        grid = config.grid.model_dump()
-        param_space = {axis: tune.grid_search(grid[axis]) for axis in GRID_AXES}
-        tune_config = tune.TuneConfig(
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "job": tune.grid_search([{"id": job.id, "name": job.run_name} for job in jobs])
+        },
+        run_config=tune.RunConfig(
+            name=TUNE_EXPERIMENT,
+            storage_path=config.storage_dir,
+            callbacks=[callback],
+            verbose=1 if verbose else 0,
+        ),
+        tune_config=tune.TuneConfig(
             reuse_actors=False,
             max_concurrent_trials=concurrent_trials(config),
             trial_name_creator=tune_trial_name,
             trial_dirname_creator=tune_trial_dirname,
-        )
-        tuner = tune.Tuner(
-            trainable, param_space=param_space, run_config=run_config, tune_config=tune_config
-        )
-    grid_results = tuner.fit()
-    tracker.flush()
-
-    trained, failed = [], dict(progress.failed)
-    for result in grid_results:
-        trial = trial_from_tune_config(result.config, config.seed)
-        if result.error or "model_dir" not in (result.metrics or {}):
-            failed.setdefault(trial.run_name, str(result.error or "no model exported"))
-            continue
-        run_id = tracker.child_run(trial.trial_id(config), trial.run_name, "trial")
-        trained.append(
-            ScoredModel(
-                trial.trial_id(config), trial.run_name, result.metrics["model_dir"], trial, run_id
-            )
-        )
-    for model in plan.base_models:
-        run_id = tracker.child_run(f"base:{model}", f"{model}|base", "base")
-        tracker.log_params(
-            run_id,
-            {
-                "model": model,
-                "sft_dataset": "none",
-                "model_source": config.models[model].source,
-                "seed": config.seed,  # few-shot sampling when scoring, as on the trial runs
-            },
-        )
-        trained.append(
-            ScoredModel(
-                f"base:{model}",
-                f"{model}|base",
-                resolve_model(config.models[model].source),
-                None,
-                run_id,
-            )
-        )
-    return trained, failed
+        ),
+    )
+    tuner.fit()
 
 
 def scoring_settings(config: SweepConfig) -> ScoringSettings:
@@ -213,58 +205,17 @@ def scoring_settings(config: SweepConfig) -> ScoringSettings:
     )
 
 
-ResultKey = tuple[str, str, str, str]  # (model key, benchmark, language, split)
-
-
-def score_all(
-    config: SweepConfig, splits: list[EvalSplit], models: list[ScoredModel]
-) -> dict[ResultKey, SplitResult]:
-    """Score every model on every split (cached work is reused), keyed by ResultKey."""
-    settings = scoring_settings(config)
-    items = []
-    for model in models:
-        digest = model_digest(model.path)
-        for s in splits:
-            request = SplitRequest(
-                s.benchmark,
-                s.language,
-                s.split,
-                s.source,
-                s.limit,
-                config.seed,
-                config.evaluation.num_fewshot,
-                s.subjects,
-            )
-            items.append(WorkItem(model.key, model.path, digest, request))
-    total = len(items)
-    counter = {"done": 0, "cached": 0}
-    names = {m.key: m.run_name for m in models}
-
-    def on_result(item: WorkItem, result: SplitResult, cached: bool) -> None:
-        counter["done"] += 1
-        counter["cached"] += cached
-        if not cached and (counter["done"] % 10 == 0 or counter["done"] == total):
-            say(
-                f"score {counter['done']}/{total} splits ({counter['cached']} cached) | "
-                f"{names[item.model_key]} {item.request.benchmark}/{item.request.language} "
-                f"acc {result.metrics['accuracy']:.3f}"
-            )
-
-    say(f"scoring {len(models)} models x {len(splits)} {splits[0].split if splits else ''} splits")
-    resources = config.resources
-    by_cache_key = score_work_items(
-        items,
-        settings,
-        config.sweep_dir / "score_cache",
-        num_actors=config.evaluation.num_actors,
-        cpus_per_actor=resources.cpus_per_scoring_actor,
-        gpus_per_actor=resources.gpus_per_scoring_actor if resources.use_gpu else 0.0,
-        on_result=on_result,
+def split_request(config: SweepConfig, s: EvalSplit) -> SplitRequest:
+    return SplitRequest(
+        s.benchmark,
+        s.language,
+        s.split,
+        s.source,
+        s.limit,
+        config.seed,
+        config.evaluation.num_fewshot,
+        s.subjects,
     )
-    say(f"scored {total} splits ({counter['cached']} from cache)")
-    return {
-        (item.model_key, item.request.benchmark, item.request.language, item.request.split): (
-            by_cache_key[item.cache_key(settings)]
-        )
-        for item in items
-    }
+
+
+ResultKey = tuple[str, str, str, str]  # (model key, benchmark, language, split)

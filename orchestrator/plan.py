@@ -1,7 +1,9 @@
-"""Pure planning: a validated config -> the trials, base-model evaluations and splits to score.
+"""Pure planning: a validated config -> the jobs a sweep runs, fully resolved.
 
-Nothing here touches Ray, models or the network, so the plan (and `--dry-run`) is instant and
-testable. A trial's id is a hash of everything that determines its result.
+The plan is the program: Ray Tune runs exactly `Plan.jobs` (each with the settings its workers
+train with), and the score jobs of every model come from `Plan.score_jobs`. Nothing here touches
+Ray, models or the network, so the plan (and `--dry-run`) is instant and testable. A trial's id
+is a hash of everything that determines its result.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 from evaluators.benchmarks import BENCHMARKS, resolve_source
 from orchestrator.config import SweepConfig
 from orchestrator.cost import price_lines, training_precision
+from trainers.settings import TrainSettings
 
 # Published split sizes (questions per language) and mean prompt+options tokens per question
 # (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
@@ -45,16 +48,66 @@ class TrialSpec:
             f"{self.model}|{self.sft_dataset}|lr={self.learning_rate:g}|ls={self.label_smoothing:g}"
         )
 
-    def trial_id(self, config: SweepConfig) -> str:
-        """Hash of the resolved model, data and recipe: equal ids mean equal training runs."""
-        payload = {
-            "trial": asdict(self),
-            "model": config.models[self.model].model_dump(),
-            "data": config.sft_datasets[self.sft_dataset].model_dump(),
-            "training": config.training.model_dump(),
-        }
-        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        return digest[:12]
+    @property
+    def data_key(self) -> str:
+        """Trials that differ only in lr and smoothing train on the same prepared data."""
+        return f"{self.model}|{self.sft_dataset}"
+
+    @property
+    def configuration(self) -> tuple[str, str, float]:
+        """What lr selection chooses one lr for: (model, dataset, smoothing)."""
+        return (self.model, self.sft_dataset, self.label_smoothing)
+
+
+def trial_id(config: SweepConfig, spec: TrialSpec) -> str:
+    """Hash of the resolved model, data and recipe: equal ids mean equal training runs."""
+    payload = {
+        "trial": asdict(spec),
+        "model": config.models[spec.model].model_dump(),
+        "data": config.sft_datasets[spec.sft_dataset].model_dump(),
+        "training": config.training.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_settings(config: SweepConfig, spec: TrialSpec) -> TrainSettings:
+    """The workers' settings of one trial. `model_path` is the configured source: the trial
+    driver resolves it (`calsweep.models.resolve_model`) on its node, so planning stays pure."""
+    dataset = config.sft_datasets[spec.sft_dataset]
+    return TrainSettings(
+        model_path=config.models[spec.model].source,
+        sft_format=dataset.format,
+        sft_source=dataset.source,
+        max_samples=dataset.max_samples,
+        on_malformed=dataset.on_malformed,
+        learning_rate=spec.learning_rate,
+        label_smoothing=spec.label_smoothing,
+        seed=spec.seed,
+        **config.training.model_dump(exclude={"num_workers", "max_failures"}),
+    )
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What one Tune trial runs: the grid point, its id and its workers' settings."""
+
+    id: str
+    spec: TrialSpec
+    settings: TrainSettings
+
+    @property
+    def run_name(self) -> str:
+        return self.spec.run_name
+
+    @property
+    def train_run_name(self) -> str:
+        """The Ray Train run's name: a re-run of the job finds its checkpoints by it."""
+        return f"train-{self.id}"
+
+
+def base_key(model: str) -> str:
+    """The ledger and score-cache key of an untuned base model."""
+    return f"base:{model}"
 
 
 @dataclass(frozen=True)
@@ -71,28 +124,41 @@ class EvalSplit:
 
 @dataclass(frozen=True)
 class Plan:
-    trials: list[TrialSpec]
+    jobs: list[TrialJob]
     base_models: list[str]
     splits: list[EvalSplit]
-    dev_splits: list[EvalSplit]  # scored first, only when selecting the lr on them
+    dev_splits: list[EvalSplit]  # scored as each trial finishes, only when selecting the lr
+
+    @property
+    def trials(self) -> list[TrialSpec]:
+        return [job.spec for job in self.jobs]
 
     @property
     def selected_trials(self) -> int:
         """Trials scored on the test splits: all, or one lr per (model, dataset, smoothing)."""
         if not self.dev_splits:
             return len(self.trials)
-        return len({(t.model, t.sft_dataset, t.label_smoothing) for t in self.trials})
+        return len({t.configuration for t in self.trials})
+
+    def first_splits(self, model_key: str) -> list[EvalSplit]:
+        """What a model is scored on as soon as it exists: a base model or (without lr
+        selection) a trial on the test splits; with lr selection a trial on the dev splits,
+        and on the test splits only once its lr is selected."""
+        if self.dev_splits and not model_key.startswith("base:"):
+            return self.dev_splits
+        return self.splits
 
 
 def expand(config: SweepConfig) -> Plan:
     """The cartesian product of the grid axes, the base models to score, and the splits."""
     grid = config.grid
-    trials = [
+    specs = [
         TrialSpec(model, dataset, lr, beta, config.seed)
         for model, dataset, lr, beta in itertools.product(
             grid.model, grid.sft_dataset, grid.learning_rate, grid.label_smoothing
         )
     ]
+    jobs = [TrialJob(trial_id(config, s), s, train_settings(config, s)) for s in specs]
     base_models = list(grid.model) if config.evaluation.evaluate_base_models else []
     splits, dev_splits = [], []
     for name, bench in config.evaluation.benchmarks.items():
@@ -109,7 +175,7 @@ def expand(config: SweepConfig) -> Plan:
                 EvalSplit(name, lang, spec.dev_split, source, bench.limit, subjects)
                 for lang in languages
             ]
-    return Plan(trials, base_models, splits, dev_splits)
+    return Plan(jobs, base_models, splits, dev_splits)
 
 
 def split_size(item: EvalSplit) -> int:
@@ -157,7 +223,7 @@ def describe(config: SweepConfig, plan: Plan) -> str:
         f"{training_precision(config)}"
         + (" (auto)" if config.training.precision == "auto" else ""),
         f"SFT data: tokenised once per model x dataset with Ray Data "
-        f"({len({(t.model, t.sft_dataset) for t in plan.trials})} data sets for "
+        f"({len({t.data_key for t in plan.trials})} data sets for "
         f"{len(plan.trials)} trials), kept in {config.storage_dir}/prepared",
         *price_lines(config, plan.trials, _scored_tokens(plan, per_model_tokens, dev_questions)),
     ]
@@ -173,7 +239,7 @@ def _scored_tokens(plan: Plan, test_tokens: int, dev: dict[str, int]) -> dict[st
     if plan.dev_splits:
         for trial in plan.trials:
             tokens[trial.model] += _tokens(dev)
-        tested = {(t.model, t.sft_dataset, t.label_smoothing) for t in plan.trials}
+        tested = {t.configuration for t in plan.trials}
     else:
         tested = {(t.model, t.sft_dataset, t.learning_rate, t.label_smoothing) for t in plan.trials}
     for key in tested:

@@ -1,102 +1,93 @@
-"""A Ray Tune callback that shows sweep progress and streams training curves to MLflow.
+"""What the sweep driver hears from Ray Tune, and the progress line it prints.
 
-Runs in the sweep driver process, the only MLflow writer: workers' `ray.train.report` results
-reach it through Tune, and it logs them into the trial's child run as they arrive.
+`TuneEvents` runs in Tune's loop and only posts events (trial started, a training step, trial
+ended); the conductor thread, the sweep's one writer, handles them. `SweepProgress` counts
+trained and scored models and estimates the time left from this session's own pace.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from calsweep.console import say
-from orchestrator.config import SweepConfig
-from orchestrator.plan import TrialSpec
-from orchestrator.tracking import SweepTracker
-from orchestrator.trial import trial_from_tune_config
+from orchestrator.trial import TrialOutcome
 from trainers.train_loop import HISTORY_KEY
 
 
-def trial_params(config: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
-    """The child run's params: the grid point plus the recipe, flat for MLflow's compare view."""
-    return {
-        "model": trial.model,
-        "model_source": config.models[trial.model].source,
-        "sft_dataset": trial.sft_dataset,
-        "lr": trial.learning_rate,
-        "smoothing": trial.label_smoothing,
-        "seed": trial.seed,
-        "trial_id": trial.trial_id(config),
-        **{f"train.{k}": v for k, v in config.training.model_dump().items()},
-    }
+@dataclass(frozen=True)
+class TrialStarted:
+    job_id: str
 
 
-class TrialProgress(Callback):
-    """Prints `trials done / total` and each trial's step and loss; logs them to MLflow."""
+@dataclass(frozen=True)
+class TrainingStep:
+    job_id: str
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+    history: list[tuple[int, dict[str, float]]] | None  # replayed by a resumed worker
 
-    def __init__(self, config: SweepConfig, tracker: SweepTracker, total: int) -> None:
-        self.config = config
-        self.tracker = tracker
-        self.total = total
-        self.done = 0
-        self.failed: dict[str, str] = {}
-        self.run_ids: dict[str, str] = {}  # Tune trial id -> MLflow run id
 
-    def _run_id(self, trial: Trial) -> str:
-        if trial.trial_id not in self.run_ids:
-            spec = trial_from_tune_config(trial.config, self.config.seed)
-            run_id = self.tracker.child_run(spec.trial_id(self.config), spec.run_name, "trial")
-            self.tracker.log_params(run_id, trial_params(self.config, spec))
-            self.run_ids[trial.trial_id] = run_id
-        return self.run_ids[trial.trial_id]
+@dataclass(frozen=True)
+class TrialEnded:
+    job_id: str
+    outcome: TrialOutcome | None
+    error: str | None
+
+
+class TuneEvents(Callback):
+    """Turns Tune's trial callbacks into events for the conductor (nothing slow runs here)."""
+
+    def __init__(self, post: Callable[[object], None]) -> None:
+        self.post = post
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment state; the sweep never restores a
+        Tune experiment (the ledger says what is done), so the live link is not kept."""
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.post = _discard
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self._run_id(trial)
-        name = trial_from_tune_config(trial.config, self.config.seed).run_name
-        say(f"train {self.done}/{self.total} done | start {name}")
+        self.post(TrialStarted(job_id(trial)))
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ):
-        if "train/loss" not in result or "model_dir" in result:
-            return  # the driver's closing report repeats the last step
-        step = int(result["step"])
+        if "train/loss" not in result:
+            return
         metrics = {
             k: v for k, v in result.items() if k.startswith("train/") and isinstance(v, int | float)
         }
-        run_id = self._run_id(trial)
-        self.tracker.log_metrics(run_id, metrics, step=step, wait=False)
-        # A worker resumed from a checkpoint replays the curve up to it (HISTORY_KEY), so steps
-        # whose results died with an interrupted driver still reach MLflow, once each.
-        if HISTORY_KEY in result:  # only then is MLflow asked what it already holds
-            logged = self.tracker.logged_steps(run_id, "train/loss")
-            for past_step, past in json.loads(result[HISTORY_KEY]):
-                if past_step not in logged:
-                    self.tracker.log_metrics(run_id, past, step=past_step)
-        name = trial_from_tune_config(trial.config, self.config.seed).run_name
-        say(
-            f"train {self.done}/{self.total} done | {name} step {step}/{result['total_steps']} "
-            f"loss {result['train/loss']:.4f} ({result['train/tokens_per_s']:.0f} tok/s)"
+        history = json.loads(result[HISTORY_KEY]) if HISTORY_KEY in result else None
+        self.post(
+            TrainingStep(
+                job_id(trial), int(result["step"]), int(result["total_steps"]), metrics, history
+            )
         )
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self.done += 1
-        name = trial_from_tune_config(trial.config, self.config.seed).run_name
-        reused = " (exported model reused)" if trial.last_result.get("reused") else ""
-        say(f"train {self.done}/{self.total} done | finished {name}{reused}")
+        outcome = TrialOutcome.from_result(trial.last_result)
+        error = None if outcome else "the trial ended without exporting a model"
+        self.post(TrialEnded(job_id(trial), outcome, error))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self.done += 1
-        name = trial_from_tune_config(trial.config, self.config.seed).run_name
-        error = _error_text(trial)
-        self.failed[name] = error
-        run_id = self._run_id(trial)
-        self.tracker.set_tags(run_id, {"calsweep.error": error[:5000]})
-        self.tracker.finish(run_id, failed=True)
-        say(f"train {self.done}/{self.total} done | FAILED {name}: {error.splitlines()[-1]}")
+        self.post(TrialEnded(job_id(trial), None, _error_text(trial)))
+
+
+def _discard(event: object) -> None:
+    """Where a callback unpickled outside the sweep driver sends its events."""
+
+
+def job_id(trial: Trial) -> str:
+    return trial.config["job"]["id"]
 
 
 def _error_text(trial: Trial) -> str:
@@ -106,3 +97,47 @@ def _error_text(trial: Trial) -> str:
             return handle.read().strip() or "unknown error"
     except (OSError, TypeError):
         return "unknown error (see the Ray logs)"
+
+
+@dataclass
+class SweepProgress:
+    """`trained k/N | scored m/M checkpoints | ETA`, from the pace of this session's work.
+
+    Training and scoring share the cluster unless scoring has reserved resources: then the
+    two run side by side and the estimate is the longer of the two, else their sum."""
+
+    trials: int
+    checkpoints: int
+    concurrent_trials: int
+    scoring_reserved: bool
+    trained: int = 0
+    scored: int = 0
+    started: float = field(default_factory=time.monotonic)
+    train_seconds: list[float] = field(default_factory=list)  # trials trained in this session
+    score_seconds: list[float] = field(default_factory=list)  # checkpoints scored in this session
+
+    def line(self) -> str:
+        text = f"trained {self.trained}/{self.trials} | scored {self.scored}/{self.checkpoints}"
+        eta = self.eta_seconds()
+        return text + (f" | ETA ~{_duration(eta)}" if eta else "")
+
+    def eta_seconds(self) -> float | None:
+        left_trials = self.trials - self.trained
+        left_scores = self.checkpoints - self.scored
+        if (left_trials and not self.train_seconds) or (left_scores and not self.score_seconds):
+            return None
+        train = left_trials * _mean(self.train_seconds) / max(1, self.concurrent_trials)
+        score = left_scores * _mean(self.score_seconds)
+        return max(train, score) if self.scoring_reserved else train + score
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -19,9 +19,9 @@ from evaluators.evaluate import SplitResult
 from evaluators.reliability import plot_reliability_overview
 from orchestrator.config import SweepConfig
 from orchestrator.execution import ResultKey, ScoredModel, scoring_settings
-from orchestrator.plan import Plan, describe
+from orchestrator.plan import Plan, base_key, describe
 from orchestrator.report import report_artifact_folder, write_report
-from orchestrator.stats import select_lr, with_selection
+from orchestrator.stats import with_selection
 from orchestrator.tracking import SweepTracker
 
 RESULTS_FILE = "results.parquet"
@@ -109,51 +109,41 @@ def mlflow_metrics(table: pl.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def select_checkpoints(
-    config: SweepConfig, models: list[ScoredModel], dev: dict[ResultKey, SplitResult]
-) -> list[ScoredModel]:
-    """The trials whose lr is best on the dev splits per (model, dataset, smoothing)."""
-    metric = config.evaluation.select_lr_by
-    best = select_lr(long_table(models, dev), metric)
-    chosen = {
-        (r["model"], r["sft_dataset"], r["smoothing"], r["lr"]) for r in best.iter_rows(named=True)
+def run_params(config: SweepConfig, plan: Plan) -> dict[str, dict[str, object]]:
+    """Each child run's params by ledger key: the grid point and the recipe, flat for MLflow's
+    compare view; a base model's source."""
+    params: dict[str, dict[str, object]] = {
+        job.id: {
+            "model": job.spec.model,
+            "model_source": config.models[job.spec.model].source,
+            "sft_dataset": job.spec.sft_dataset,
+            "lr": job.spec.learning_rate,
+            "smoothing": job.spec.label_smoothing,
+            "seed": job.spec.seed,
+            "trial_id": job.id,
+            **{f"train.{k}": v for k, v in config.training.model_dump().items()},
+        }
+        for job in plan.jobs
     }
-    return [
-        m
-        for m in models
-        if m.trial
-        and (m.trial.model, m.trial.sft_dataset, m.trial.label_smoothing, m.trial.learning_rate)
-        in chosen
-    ]
+    for model in plan.base_models:
+        params[base_key(model)] = {
+            "model": model,
+            "sft_dataset": "none",
+            "model_source": config.models[model].source,
+            "seed": config.seed,  # few-shot sampling when scoring, as on the trial runs
+        }
+    return params
 
 
-def record_results(
-    config: SweepConfig,
-    plan: Plan,
-    tracker: SweepTracker,
-    models: list[ScoredModel],
-    failed: dict[str, str],
-    results: dict[ResultKey, SplitResult],
-) -> str:
-    """Log everything to MLflow and disk; returns the summary to print."""
-    table = with_selection(long_table(models, results), config.evaluation.select_lr_by)
-    out = config.sweep_dir
-    table.write_parquet(out / RESULTS_FILE)
-    for model in models:
-        _record_model(
-            tracker,
-            model,
-            table.filter(pl.col("run") == model.run_name),
-            {k: v for k, v in results.items() if k[0] == model.key},
-        )
-    parent = tracker.parent_id
+def record_plan(config: SweepConfig, plan: Plan, tracker: SweepTracker) -> None:
+    """The parent run's params and the resolved config and plan, before anything trains: a
+    sweep that crashes on its first trial still documents what it was."""
     tracker.log_params(
-        parent,
+        tracker.parent_id,
         {
             "trials": len(plan.trials),
             "base_models": len(plan.base_models),
             "splits": len(plan.splits),
-            "failed_trials": len(failed),
             **{f"scoring.{k}": v for k, v in scoring_settings(config).to_dict().items()},
         },
     )
@@ -161,7 +151,23 @@ def record_results(
         (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         (Path(tmp) / "plan.txt").write_text(describe(config, plan))
         for name in ("sweep.yaml", "plan.txt"):
-            tracker.log_artifact(parent, Path(tmp) / name)
+            tracker.log_artifact(tracker.parent_id, Path(tmp) / name)
+
+
+def record_results(
+    config: SweepConfig,
+    tracker: SweepTracker,
+    models: list[ScoredModel],
+    failed: dict[str, str],
+    results: dict[ResultKey, SplitResult],
+) -> str:
+    """The long results table and the report, on disk and in the parent run (each model's own
+    run was recorded as it was scored); returns the summary to print."""
+    table = with_selection(long_table(models, results), config.evaluation.select_lr_by)
+    out = config.sweep_dir
+    table.write_parquet(out / RESULTS_FILE)
+    parent = tracker.parent_id
+    tracker.log_metrics(parent, {"failed_trials": len(failed)})
     tracker.log_artifact(parent, out / RESULTS_FILE)
     # The report selects the lr by the sweep's own metric: by another one it would pick
     # checkpoints whose test splits were never scored (only the sweep's choices were).
@@ -179,13 +185,14 @@ def record_results(
     return summary_text(table, failed, tracker.ui_hint(), out, report["html"])
 
 
-def _record_model(
+def record_model(
     tracker: SweepTracker,
     model: ScoredModel,
     table: pl.DataFrame,
     results: dict[ResultKey, SplitResult],
 ) -> None:
-    tracker.log_metrics(model.run_id, mlflow_metrics(table))
+    """A model's artifacts (predictions, per-split table, reliability diagrams), then its run
+    is FINISHED; its metrics were logged as its splits were scored."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         predictions = pl.concat(

@@ -25,8 +25,9 @@ EPILOG = """examples:
   python -m orchestrator.sweep sweeps/local.yaml --set training.max_steps=5  # override a value
 
 exit status: 0 every trial trained and scored; 1 some trials failed (the rest are scored and
-recorded); 2 the sweep file or its data is wrong, or another sweep is using its output directory
-(nothing started)
+recorded), or an unreachable MLflow server still lacks some records (the next run sends them);
+2 the sweep file or its data is wrong, another sweep is using its output directory, or the
+MLflow server does not answer (nothing started)
 """
 
 
@@ -117,16 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     from orchestrator.lock import SweepLocked, sweep_lock
+    from orchestrator.tracking import TrackingUnreachable
 
     try:
         with sweep_lock(config.sweep_dir):  # before Ray starts: a refused sweep costs nothing
-            summary, failed = run_sweep(
+            summary, failed, unsent = run_sweep(
                 config, plan, address=args.address, resume=args.resume, verbose=args.verbose
             )
-    except SweepLocked as err:
+    except (SweepLocked, TrackingUnreachable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary)
+    if unsent:
+        print(
+            f"error: {unsent} MLflow records could not reach {config.tracking.tracking_uri}; "
+            f"they wait in {config.sweep_dir / 'mlflow_backlog'} and the next run of this "
+            "command sends them first (results.parquet and the report are complete).",
+            file=sys.stderr,
+        )
     if failed:
         print(
             f"error: {len(failed)} of {len(plan.trials)} trials failed (errors above and in their "
@@ -134,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "work is reused and failed trials are retried.",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if failed or unsent else 0
 
 
 def check_data(plan: Plan, *, hub: bool) -> None:
@@ -155,28 +163,47 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     verbose: bool = False,
-) -> tuple[str, list[str]]:
-    """Train, score and record one sweep; returns the summary and the failed trials' names."""
+) -> tuple[str, list[str], int]:
+    """Train, score and record one sweep; returns the summary, the failed trials' names and
+    the MLflow records that an unreachable tracking server has not taken yet.
+    The ledger says what an earlier session finished: it is reused, interrupted trials continue
+    from their checkpoints, and failed ones are retried with `resume`."""
     import ray
 
-    from orchestrator.execution import check_shared_storage, init_ray, score_all, train_all
-    from orchestrator.results import record_results, select_checkpoints
+    from orchestrator.conductor import Conductor
+    from orchestrator.execution import check_shared_storage, concurrent_trials, init_ray, run_tune
+    from orchestrator.ledger import Entry, Ledger
+    from orchestrator.plan import base_key
+    from orchestrator.progress import TuneEvents
+    from orchestrator.results import record_plan, record_results, run_params
     from orchestrator.tracking import SweepTracker
 
+    ledger = Ledger.load(config.storage_dir)
+    ledger.plan(
+        {job.id: Entry("trial", job.run_name) for job in plan.jobs}
+        | {base_key(m): Entry("base", f"{m}|base") for m in plan.base_models}
+    )
     init_ray(address, verbose)
     try:
         check_shared_storage(config.storage_dir)
-        tracker = SweepTracker(config)
+        tracker = SweepTracker(config, ledger)
+        tracker.create_child_runs(ledger, run_params(config, plan))
+        record_plan(config, plan, tracker)
         say(f"MLflow experiment {tracker.experiment_name!r} at {tracker.uri}")
-        trained, failed = train_all(config, plan, tracker, resume=resume, verbose=verbose)
-        to_test, results = trained, {}
-        if plan.dev_splits:  # lr selection: dev splits first, then only the chosen checkpoints
-            results = score_all(config, plan.dev_splits, [m for m in trained if m.trial])
-            chosen = select_checkpoints(config, trained, results)
-            say(f"lr selection kept {len(chosen)} of {len(plan.trials)} trials for the test splits")
-            to_test = chosen + [m for m in trained if m.trial is None]
-        results |= score_all(config, plan.splits, to_test)
-        return record_results(config, plan, tracker, trained, failed, results), list(failed)
+        retry = {"scheduled", "running"} | ({"failed"} if resume else set())
+        to_train = [job for job in plan.jobs if ledger.entries[job.id].status in retry]
+        done = len(plan.jobs) - len(to_train)
+        if done:
+            say(f"ledger {ledger.location}: {done} of {len(plan.jobs)} trials already ended")
+        conductor = Conductor(
+            config, plan, ledger, tracker, concurrent_trials=concurrent_trials(config)
+        )
+        conductor.start()
+        run_tune(config, to_train, TuneEvents(conductor.post), verbose=verbose)
+        conductor.finish()
+        models = list(conductor.models.values())
+        summary = record_results(config, tracker, models, conductor.failed, conductor.results)
+        return summary, list(conductor.failed), tracker.drain()
     finally:
         ray.shutdown()
 

@@ -1,14 +1,14 @@
-"""The Ray Tune trial driver: one grid point -> a Ray Train DeepSpeed run -> an exported HF model.
+"""The Ray Tune trial driver: one planned job -> a Ray Train DeepSpeed run -> an exported HF model.
 
-The Train run is named after the trial's config hash and stored under the sweep's storage (a
-local path or a URI), so a restored or re-run trial finds its Train snapshot and continues from the
-latest checkpoint. A trial whose model was already exported (recorded in
-`<storage>/trials/<id>.json`) is not retrained.
+The driver receives its resolved job from the plan (nothing is re-derived or re-validated here)
+and names the Train run after the job's id in the sweep's storage (a local path or a URI), so a
+re-run of the job finds its Train snapshot and continues from the latest checkpoint, or, if the
+run had already exported its model, returns that export without training a step.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray import tune
@@ -17,105 +17,74 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calsweep.models import resolve_model
-from calsweep.storage import join, read_text, write_text
-from orchestrator.config import SweepConfig
-from orchestrator.plan import TrialSpec
-from trainers.export import (
-    FINAL_CHECKPOINT,
-    HF_EXPORT_DIR,
-    ExportedModel,
-    exported_model,
-    read_export,
-)
-from trainers.settings import TrainSettings
+from orchestrator.plan import TrialJob
+from trainers.export import exported_model
 from trainers.train_loop import train_func
 
-GRID_AXES = ("model", "sft_dataset", "learning_rate", "label_smoothing")
+EXPORT_KEY = "calsweep/export"  # keys of the trial driver's closing report (`TrialOutcome`)
+DIGEST_KEY = "calsweep/export_digest"
 
 
-def trial_from_tune_config(tune_config: dict[str, Any], seed: int) -> TrialSpec:
-    return TrialSpec(**{axis: tune_config[axis] for axis in GRID_AXES}, seed=seed)
+@dataclass(frozen=True)
+class TrainLaunch:
+    """How every trial's Train run is launched: sweep-wide, so stated once per sweep."""
+
+    storage: str
+    num_workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    max_failures: int
 
 
-def train_settings(config: SweepConfig, trial: TrialSpec) -> TrainSettings:
-    """The worker-side settings of one trial (model path resolved on the driver's node)."""
-    dataset = config.sft_datasets[trial.sft_dataset]
-    t = config.training
-    return TrainSettings(
-        model_path=resolve_model(config.models[trial.model].source),
-        sft_format=dataset.format,
-        sft_source=dataset.source,
-        max_samples=dataset.max_samples,
-        on_malformed=dataset.on_malformed,
-        learning_rate=trial.learning_rate,
-        label_smoothing=trial.label_smoothing,
-        seed=trial.seed,
-        **t.model_dump(exclude={"num_workers", "max_failures"}),
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished trial hands the sweep driver: where its model is and what it is."""
+
+    export: str
+    export_digest: str
+
+    def as_result(self) -> dict[str, str]:
+        return {EXPORT_KEY: self.export, DIGEST_KEY: self.export_digest}
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any] | None) -> TrialOutcome | None:
+        """The outcome in a trial's last Tune result; None if it ended without one."""
+        if not result or EXPORT_KEY not in result:
+            return None
+        return cls(result[EXPORT_KEY], result[DIGEST_KEY])
+
+
+def run_trial(
+    tune_config: dict[str, Any],
+    jobs: dict[str, TrialJob],
+    prepared: dict[str, str],
+    launch: TrainLaunch,
+) -> None:
+    """Tune function trainable: train one planned job and report its export.
+    `prepared`: the location of each data key's prepared SFT data."""
+    job = jobs[tune_config["job"]["id"]]
+    settings = replace(
+        job.settings,
+        model_path=resolve_model(job.settings.model_path),
+        prepared_data=prepared[job.spec.data_key],
     )
-
-
-def data_key(trial: TrialSpec) -> str:
-    """Trials that differ only in lr and smoothing train on the same prepared data."""
-    return f"{trial.model}|{trial.sft_dataset}"
-
-
-def trial_record_path(config: SweepConfig, trial_id: str) -> str:
-    return join(config.storage_dir, "trials", f"{trial_id}.json")
-
-
-def run_trial(tune_config: dict[str, Any], sweep: dict[str, Any], prepared: dict[str, str]) -> None:
-    """Tune function trainable: train one grid point and report where its model is.
-    `prepared`: the location of each `data_key`'s prepared SFT data."""
-    config = SweepConfig.model_validate(sweep)
-    trial = trial_from_tune_config(tune_config, config.seed)
-    trial_id = trial.trial_id(config)
-    record_path = trial_record_path(config, trial_id)
-    record_text = read_text(record_path)
-    if record_text is not None:
-        record = json.loads(record_text)
-        export = read_export(record["model_dir"])
-        if export is not None:
-            reported = {"model_dir": export.location, "export_digest": export.digest, "reused": 1}
-            tune.report({**record["final_metrics"], **reported})
-            return
-
-    # The Train run may have exported its model before the sweep driver died: reuse it.
-    final_export = join(config.storage_dir, f"train-{trial_id}", FINAL_CHECKPOINT, HF_EXPORT_DIR)
-    export = read_export(final_export)
-    if export is not None:
-        _finish(record_path, export, {}, reused=1)
-        return
-
-    resources = config.resources
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={
-            **train_settings(config, trial).to_dict(),
-            "prepared_data": prepared[data_key(trial)],
-        },
+        train_loop_config=settings.to_dict(),
         scaling_config=ScalingConfig(
-            num_workers=config.training.num_workers,
-            use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker},
+            num_workers=launch.num_workers,
+            use_gpu=launch.use_gpu,
+            resources_per_worker={"CPU": launch.cpus_per_worker},
         ),
-        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if launch.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=config.storage_dir,
-            failure_config=FailureConfig(max_failures=config.training.max_failures),
+            name=job.train_run_name,
+            storage_path=launch.storage,
+            failure_config=FailureConfig(max_failures=launch.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
         ),
     )
-    result = trainer.fit()
     # NonFiniteLossError names the step and the value; RuntimeError: no complete export
-    export = exported_model(result)
-    final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
-    _finish(record_path, export, final_metrics, reused=0)
-
-
-def _finish(record_path: str, export: ExportedModel, final_metrics: dict[str, float], reused: int):
-    """Record the export (atomically: a record exists only for a complete export) and report."""
-    located = {"model_dir": export.location, "export_digest": export.digest}
-    write_text(record_path, json.dumps({**located, "final_metrics": final_metrics}))
-    tune.report({**final_metrics, **located, "reused": reused})
+    export = exported_model(trainer.fit())
+    tune.report(TrialOutcome(export.location, export.digest).as_result())

@@ -63,10 +63,12 @@ def write_mini_sweep(
     model_dir: Path,
     select_lr_by: str | None = None,
     learning_rates: tuple[float, ...] = (1e-3,),
+    scoring: str = "shared",
     **training: object,
 ) -> Path:
     """A miniature sweep YAML: tiny model, 2 trials per lr (smoothing 0 / 0.1), 3 splits of 4
-    questions."""
+    questions. `scoring="reserved"` holds 0.2 CPU for the scoring actor beside one trial's two
+    workers (0.9 each), so checkpoints are scored while the next trial trains."""
     import yaml
 
     sweep = {
@@ -100,7 +102,8 @@ def write_mini_sweep(
         "resources": {
             "cpus_per_worker": 0.9,
             "cpus_per_trial_driver": 0.0,
-            "cpus_per_scoring_actor": 1.0,
+            "cpus_per_scoring_actor": 0.2 if scoring == "reserved" else 1.0,
+            "scoring": scoring,
         },
     }
     path = root / "mini.yaml"
@@ -135,9 +138,8 @@ def ray_cluster() -> Iterator[None]:
 BIN = Path(sys.executable).parent  # the venv's console scripts, even when it is not on PATH
 
 
-@contextlib.contextmanager
-def http_server(command: list[str], health_url: str) -> Iterator[None]:
-    """Run a server process (own session) until `health_url` answers; stop it afterwards."""
+def start_server(command: list[str], health_url: str) -> subprocess.Popen:
+    """Start a server process (own session) and wait until `health_url` answers."""
     server = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -145,11 +147,17 @@ def http_server(command: list[str], health_url: str) -> Iterator[None]:
     while True:
         try:
             urllib.request.urlopen(health_url, timeout=2)
-            break
+            return server
         except OSError:
             assert server.poll() is None, f"{command[0]} exited with {server.returncode}"
             assert time.monotonic() < deadline, f"{command[0]} did not answer {health_url}"
             time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def http_server(command: list[str], health_url: str) -> Iterator[None]:
+    """Run a server process until the block ends."""
+    server = start_server(command, health_url)
     try:
         yield
     finally:

@@ -1,6 +1,7 @@
-"""A real two-node Ray cluster on this machine and a real MLflow tracking server over http: a
-training worker is killed mid-trial, Ray Train restarts the worker group from the latest
-checkpoint, and the sweep completes with every run and metric in the server."""
+"""A real two-node Ray cluster on this machine and a real MLflow tracking server over http:
+mid-trial a training worker is killed and the tracking server too. Ray Train restarts the worker
+group from the latest checkpoint, the driver keeps MLflow's records until the restarted server
+answers, and the sweep completes with every run and metric in the server, once."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, free_port, http_server, write_mini_sweep
+from conftest import BIN, free_port, start_server, write_mini_sweep
 from mlflow.tracking import MlflowClient
 
 from orchestrator.execution import TUNE_EXPERIMENT
@@ -49,31 +50,49 @@ def two_node_cluster(tmp_path: Path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
 
 
+class MlflowServer:
+    """`mlflow server` on loopback with a sqlite backend and proxied artifacts, which the test
+    can kill and start again on the same port and store."""
+
+    def __init__(self, root: Path) -> None:
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        self.command = [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.uri.rsplit(":", 1)[1],
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ]
+        self.start()
+
+    def start(self) -> None:
+        self.process = start_server(self.command, f"{self.uri}/health")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` on loopback with a sqlite backend and proxied artifacts."""
-    uri = f"http://127.0.0.1:{free_port()}"
-    command = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        uri.rsplit(":", 1)[1],
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    with http_server(command, f"{uri}/health"):
-        yield uri
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path)
+    yield server
+    server.kill()
 
 
-def kill_workers_after_a_checkpoint(sweep_dir: Path, killed: list[int]) -> None:
+def kill_workers_and_tracking_after_a_checkpoint(
+    sweep_dir: Path, server: MlflowServer, killed: list[int]
+) -> None:
     """Once a training run has registered a mid-run checkpoint and none has finished, SIGKILL
-    every Ray Train worker process (the worker groups of both trials fail mid-run)."""
+    every Ray Train worker process (the worker groups of both trials fail mid-run) and the
+    MLflow server; start the server again 25 s later."""
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         runs = list((sweep_dir / "ray").glob("train-*"))
@@ -84,6 +103,9 @@ def kill_workers_after_a_checkpoint(sweep_dir: Path, killed: list[int]) -> None:
                 if "RayTrainWorker" in " ".join(process.info["cmdline"] or []):
                     os.kill(process.pid, signal.SIGKILL)
                     killed.append(process.pid)
+            server.kill()
+            time.sleep(25)
+            server.start()
             return
         time.sleep(0.2)
 
@@ -102,7 +124,7 @@ def test_killed_training_worker_recovers_on_a_two_node_cluster(
     tmp_path: Path,
     tiny_model_dir: Path,
     two_node_cluster: str,
-    mlflow_server: str,
+    mlflow_server: MlflowServer,
     monkeypatch,
     capsys,
 ) -> None:
@@ -113,12 +135,18 @@ def test_killed_training_worker_recovers_on_a_two_node_cluster(
     sweep_dir = tmp_path / "runs" / "mini"
     killed: list[int] = []
     killer = threading.Thread(
-        target=kill_workers_after_a_checkpoint, args=(sweep_dir, killed), daemon=True
+        target=kill_workers_and_tracking_after_a_checkpoint,
+        args=(sweep_dir, mlflow_server, killed),
+        daemon=True,
     )
     killer.start()
-    assert main([str(sweep), "--address", two_node_cluster, "--tracking-uri", mlflow_server]) == 0
-    killer.join(timeout=5)
+    uri = mlflow_server.uri
+    assert main([str(sweep), "--address", two_node_cluster, "--tracking-uri", uri]) == 0
+    killer.join(timeout=30)
     assert killed, "no training worker was killed: the test did not exercise recovery"
+    out = capsys.readouterr().out
+    assert f"MLflow at {uri} is unreachable" in out and "answers again" in out, out
+    assert not (sweep_dir / "mlflow_backlog").exists()  # every kept record was sent
     # Ray Train restarted the worker group from the checkpoint, not from step 1.
     resumed = resumed_reports(sweep_dir)
     assert resumed, "no worker group resumed from a checkpoint"
@@ -126,17 +154,17 @@ def test_killed_training_worker_recovers_on_a_two_node_cluster(
         replayed = [step for step, _ in json.loads(row[HISTORY_KEY])]
         assert replayed == list(range(1, row["step"])) and row["step"] > 2
 
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("mini")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     trials = [r for r in runs if "lr=" in r.info.run_name]
     for run in trials:
-        steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
-        assert steps == set(range(1, 9))
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 9))  # every step once, across both outages
         assert "eval/global_mmlu/mean/ece" in run.data.metrics
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"predictions.parquet", "split_metrics.csv", "reliability"} <= artifacts
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    assert f"compare runs: open {mlflow_server}/#/experiments/" in capsys.readouterr().out
+    assert f"compare runs: open {uri}/#/experiments/" in out
     assert "results.parquet" in {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from orchestrator.config import ConfigError, SweepConfig, load_config, merge, parse_set
-from orchestrator.plan import describe, expand
-from orchestrator.trial import train_settings
+from orchestrator.plan import describe, expand, train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = {
@@ -154,10 +153,10 @@ def cli_config(tmp_path: Path, monkeypatch, data: dict, *flags: str) -> SweepCon
 
     seen: dict = {}
 
-    def run_sweep(config: SweepConfig, plan, **_) -> tuple[str, list[str]]:
+    def run_sweep(config: SweepConfig, plan, **_) -> tuple[str, list[str], int]:
         seen["config"] = config
         assert (config.sweep_dir / ".calsweep.lock").exists()
-        return "summary", []
+        return "summary", [], 0
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
     assert sweep.main([str(write(tmp_path, data)), *flags]) == 0

@@ -22,19 +22,21 @@ def test_grid_is_the_cartesian_product_with_stable_unique_ids() -> None:
     plan = expand(config)
     points = {(t.model, t.sft_dataset, t.learning_rate, t.label_smoothing) for t in plan.trials}
     assert len(points) == 108
-    ids = [t.trial_id(config) for t in plan.trials]
+    ids = [job.id for job in plan.jobs]
     assert len(set(ids)) == 108
-    assert ids == [t.trial_id(config) for t in expand(config).trials]  # deterministic
+    assert ids == [job.id for job in expand(config).jobs]  # deterministic
     assert plan.trials[0].run_name == "gemma2-2b|alpaca|lr=5e-06|ls=0"
+    assert {job.train_run_name for job in plan.jobs} == {f"train-{i}" for i in ids}
 
 
 def test_trial_id_changes_with_the_recipe() -> None:
     config = load_config(ROOT / "sweeps" / "local.yaml")
-    trial = expand(config).trials[0]
     longer = config.model_copy(
         update={"training": config.training.model_copy(update={"max_steps": 11})}
     )
-    assert trial.trial_id(config) != trial.trial_id(longer)
+    job, longer_job = expand(config).jobs[0], expand(longer).jobs[0]
+    assert job.spec == longer_job.spec and job.id != longer_job.id
+    assert (job.settings.max_steps, longer_job.settings.max_steps) == (10, 11)
 
 
 def test_split_sizes_come_from_local_parquet_metadata() -> None:

@@ -4,6 +4,7 @@ the same command again reuses everything."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ import ray
 from conftest import write_mini_sweep
 from mlflow.tracking import MlflowClient
 
-from calsweep.storage import filesystem, join
+from calsweep.storage import filesystem, join, read_text
 from orchestrator.sweep import main
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     return write_mini_sweep(
-        tmp_path_factory.mktemp("mini-sweep"), tiny_model_dir, select_lr_by="accuracy"
+        tmp_path_factory.mktemp("mini-sweep"),
+        tiny_model_dir,
+        select_lr_by="accuracy",
+        scoring="reserved",
     )
 
 
@@ -46,7 +50,13 @@ def test_checkpoints_exports_and_records_live_in_object_storage(
     files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
     exports = [f for f in files if f.endswith("checkpoint_final/hf_model/model.safetensors")]
     assert len(exports) == 2  # one per trial
-    assert len([f for f in files if f.startswith(f"{root}/trials/")]) == 2
+    ledger = json.loads(read_text(join(storage, "mini", "ledger.json")))
+    trials = [e for e in ledger["entries"].values() if e["kind"] == "trial"]
+    assert [e["status"] for e in trials] == ["finished", "finished"]
+    assert {e["export"].removeprefix("s3://") for e in trials} == {
+        f.removesuffix("/model.safetensors") for f in exports
+    }
+    assert len(ledger["scores"]) == 2 * 3 + 2 * 3 + 3  # dev and test of 2 trials, base test
     trial_dirs = {
         f.removeprefix(f"{root}/tune/").split("/")[0]
         for f in files
@@ -99,6 +109,23 @@ def test_mlflow_holds_one_parent_and_nested_runs(finished_sweep: Path, capsys) -
     assert len(set(nll.values())) == 3, nll
 
 
+def test_a_finished_trial_is_scored_while_the_next_one_trains(finished_sweep: Path) -> None:
+    client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mini")
+    trials = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.params.get("sft_dataset") == "tulu-sample"
+    ]
+
+    def times(run, key: str) -> list[int]:
+        return [m.timestamp for m in client.get_metric_history(run.info.run_id, key)]
+
+    first, last = sorted(trials, key=lambda r: max(times(r, "train/loss")))
+    first_scored = min(times(first, "eval/global_mmlu/de/accuracy"))
+    assert first_scored < max(times(last, "train/loss")), "scoring waited for all training"
+
+
 def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
     finished_sweep: Path, sweep_file: Path, storage: str, capsys
 ) -> None:
@@ -107,10 +134,9 @@ def test_rerunning_reuses_trials_and_scores_without_duplicate_runs(
     out = capsys.readouterr().out
     assert "Summary" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert f"(checkpoints and exports in {storage}/mini)" in out
-    assert out.count("(exported model reused)") == 2
-    assert "scored 6 splits (6 from cache)" in out, out  # dev splits of the 2 trials
-    assert "lr selection kept 2 of 2 trials" in out
-    assert "scored 9 splits (9 from cache)" in out, out
+    assert "2 of 2 trials already ended" in out, out
+    assert " start " not in out and "splits scored" not in out, out  # nothing ran again
+    assert out.count("lr selection: ") == 2  # one lr per smoothing, from the cached dev scores
     client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mini")
     assert len(client.search_runs([experiment.experiment_id])) == 4
