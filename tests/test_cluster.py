@@ -93,7 +93,7 @@ def kill_workers_and_tracking_after_a_checkpoint(
     """Once a training run has registered a mid-run checkpoint and none has finished, SIGKILL
     every Ray Train worker process (the worker groups of both trials fail mid-run) and the
     MLflow server; start the server again 25 s later."""
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         runs = list((sweep_dir / "ray").glob("train-*"))
         if any((r / "checkpoint_manager_snapshot.json").is_file() for r in runs) and not any(

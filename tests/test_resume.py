@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_until(args: list[str], log: Path, ready: Callable[[], bool], timeout: float = 400) -> None:
+def run_until(args: list[str], log: Path, ready: Callable[[], bool], timeout: float = 900) -> None:
     """Run the sweep CLI in its own process group and SIGKILL the whole group (driver and the
     local Ray instance it started) as soon as `ready()` holds."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -165,7 +165,7 @@ def test_killed_while_scoring_resumes_without_rescoring(
         scores = [k for k in ledger(storage)["scores"] if not k.startswith("base:")]
         return 0 < len(scores) < 43
 
-    run_until([str(sweep)], tmp_path / "killed.log", trial_partly_scored, timeout=600)
+    run_until([str(sweep)], tmp_path / "killed.log", trial_partly_scored)
     before = ledger(storage)
     cache = sweep_dir / "score_cache"
     kept = {f.name: f.stat().st_mtime_ns for f in cache.glob("*.json")}
