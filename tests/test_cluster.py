@@ -34,16 +34,17 @@ def ray_cli(*args: str) -> None:
 
 @pytest.fixture
 def two_node_cluster(tmp_path: Path):
-    """Head node and a worker node (2 logical CPUs each), torn down after the test."""
-    ray_cli(
-        "start",
-        "--head",
-        f"--port={PORT}",
-        "--num-cpus=2",
-        "--include-dashboard=true",
-        "--disable-usage-stats",
-    )
+    """Head node and a worker node (2 logical CPUs each), torn down after the test (also when
+    a start fails half-way, which would leave a head on the port for the next run)."""
     try:
+        ray_cli(
+            "start",
+            "--head",
+            f"--port={PORT}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        )
         ray_cli("start", f"--address=127.0.0.1:{PORT}", "--num-cpus=2")
         yield f"127.0.0.1:{PORT}"
     finally:
