@@ -131,6 +131,7 @@ class Conductor:
         self.selected: set[tuple[str, str, float]] = set()  # configurations with an lr chosen
         self.failed: dict[str, str] = {}  # run name -> error
         self.seconds: dict[str, float] = {}  # model key -> scorer seconds
+        self.logged_steps: dict[str, set[int]] = {}  # run id -> train/loss steps in MLflow
         self.split_count = 0
         self.training_done = False
         self.error: BaseException | None = None
@@ -210,11 +211,18 @@ class Conductor:
         job = self.jobs[event.job_id]
         run_id = self.ledger.entries[job.id].run_id
         assert run_id is not None
-        # A worker resumed from a checkpoint replays the curve up to it, so steps whose results
-        # died with an interrupted driver still reach MLflow, once each.
+        # Each step reaches MLflow once: a worker group restarted from scratch reports its
+        # first steps again, and one resumed from a checkpoint replays the curve up to it (so
+        # steps whose results died with an interrupted driver still arrive).
+        if run_id not in self.logged_steps:
+            self.logged_steps[run_id] = self.tracker.logged_steps(run_id, "train/loss")
+        logged = self.logged_steps[run_id]
         if event.history is not None:
             self.tracker.log_missing_steps(run_id, "train/loss", event.history)
-        self.tracker.log_metrics(run_id, event.metrics, step=event.step)
+            logged.update(step for step, _ in event.history)
+        if event.step not in logged:
+            self.tracker.log_metrics(run_id, event.metrics, step=event.step)
+            logged.add(event.step)
         say(
             f"{self.progress.line()} | {job.run_name} step {event.step}/{event.total_steps} "
             f"loss {event.metrics['train/loss']:.4f} "

@@ -157,6 +157,17 @@ class SweepTracker:
         MLflow does not have yet (a result that died with an interrupted driver), once each."""
         self._write("log_missing_steps", run_id=run_id, key=key, history=history)
 
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps of `key` the server holds (none known while it is unreachable)."""
+        if self.backlog:
+            return set()
+        try:
+            return {m.step for m in self.client.get_metric_history(run_id, key)}
+        except MlflowException as err:
+            if not is_unreachable(err):
+                raise
+            return set()
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._write("log_batch", run_id=run_id, tags=[[k, v] for k, v in tags.items()])
 
