@@ -14,24 +14,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from calsweep.schema import PositiveInt, Strict
 from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
+from trainers.settings import LabelSmoothing, LearningRate, SFTFormat, TrainingRecipe, WorkerGroup
 
 SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 class ConfigError(ValueError):
     """A sweep file that cannot run; the message has one line per problem."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class ModelSpec(Strict):
@@ -43,7 +38,7 @@ class ModelSpec(Strict):
 class SFTDatasetSpec(Strict):
     """An SFT dataset: hub id, local .json/.jsonl/.parquet file, or `bundled` (shipped sample)."""
 
-    format: Literal["alpaca", "tulu", "openhermes"]
+    format: SFTFormat
     source: str
     max_samples: PositiveInt | None = None
     on_malformed: Literal["skip", "error"] = "skip"
@@ -52,35 +47,14 @@ class SFTDatasetSpec(Strict):
 class Grid(Strict):
     """The sweep's axes; every combination is one trial."""
 
-    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
-    label_smoothing: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=1)
+    learning_rate: list[LearningRate] = Field(min_length=1)
+    label_smoothing: list[LabelSmoothing] = Field(min_length=1)
     model: list[str] = Field(min_length=1)
     sft_dataset: list[str] = Field(min_length=1)
 
 
-class TrainingConfig(Strict):
-    """The SFT recipe shared by all trials (DESIGN.md, "Training")."""
-
-    max_steps: PositiveInt | None = None  # optimizer steps; None = `epochs` over the data
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    micro_batch_size: PositiveInt = 4
-    grad_accum_steps: PositiveInt = 1
-    num_workers: PositiveInt = 2
-    max_seq_len: PositiveInt = 512
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.02
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    # auto: bf16 on GPUs and on CPUs with fast bf16 (AMX, AVX512-BF16), else fp32
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    log_every_steps: PositiveInt = 1
-    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0 = only the final checkpoint
-    # Also one when this many minutes passed since the last (0 = off): a run of unknown speed
-    # still loses at most this much to a failure, and a fast one does not write terabytes.
-    checkpoint_every_minutes: Annotated[float, Field(ge=0)] = 0.0
-    max_failures: Annotated[int, Field(ge=0)] = 1
-    # Micro-batches of similar-length sequences in a seeded order: less padding, same exact loss.
-    length_grouped: bool = True
+class TrainingConfig(WorkerGroup, TrainingRecipe):  # fields: the recipe's, then the group's
+    """The SFT recipe shared by all trials and the worker group of each (trainers.settings)."""
 
 
 class BenchmarkEval(Strict):

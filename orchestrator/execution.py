@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,8 @@ def prepare_sft_data(storage: str, jobs: list[TrialJob]) -> dict[str, str]:
     for job in jobs:
         key = job.spec.data_key
         if key not in locations:
-            settings = replace(job.settings, model_path=resolve_model(job.settings.model_path))
+            path = resolve_model(job.settings.model_path)
+            settings = job.settings.model_copy(update={"model_path": path})
             locations[key] = prepare(settings, storage, say=say).location
     return locations
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from calsweep.schema import fields_of
 from evaluators.benchmarks import BENCHMARKS, resolve_source
 from orchestrator.config import SweepConfig
 from orchestrator.cost import price_lines, training_precision
-from trainers.settings import TrainSettings
+from trainers.settings import TrainingRecipe, TrainSettings
 
 # Published split sizes (questions per language) and mean prompt+options tokens per question
 # (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
@@ -83,7 +84,7 @@ def train_settings(config: SweepConfig, spec: TrialSpec) -> TrainSettings:
         learning_rate=spec.learning_rate,
         label_smoothing=spec.label_smoothing,
         seed=spec.seed,
-        **config.training.model_dump(exclude={"num_workers", "max_failures"}),
+        **fields_of(TrainingRecipe, config.training),
     )
 
 
