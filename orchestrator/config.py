@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from calsweep.schema import PositiveInt, Strict
+from calsweep.schema import NonNegativeInt, PositiveInt, Strict
 from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
+from evaluators.settings import ScoringSettings
 from trainers.settings import LabelSmoothing, LearningRate, SFTFormat, TrainingRecipe, WorkerGroup
 
 SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -67,31 +68,16 @@ class BenchmarkEval(Strict):
     subjects: list[str] | None = Field(default=None, min_length=1)  # subjects / categories
 
 
-class MetricsConfig(Strict):
-    """Binning and bootstrap parameters (evaluators.metrics.MetricConfig); recorded with every
-    result."""
+class EvaluationConfig(ScoringSettings):
+    """The scoring settings (evaluators.settings) and what the sweep scores with them."""
 
-    ece_bins: PositiveInt = 15
-    rms_bin_size: PositiveInt = 100
-    sce_bins: PositiveInt = 15
-    ace_ranges: PositiveInt = 15
-    ece_debiased_bins: PositiveInt = 15
-    bootstrap_resamples: Annotated[int, Field(ge=0)] = 1000  # 0 = no intervals
-    bootstrap_seed: int = 0
-
-
-class EvaluationConfig(Strict):
     benchmarks: dict[str, BenchmarkEval] = Field(min_length=1)
-    mode: Literal["perplexity", "loglik", "letter"] = "perplexity"
-    num_fewshot: Annotated[int, Field(ge=0)] = 0
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch_tokens: PositiveInt = 4096
+    num_fewshot: NonNegativeInt = 0
     num_actors: PositiveInt = 1
     evaluate_base_models: bool = True
     # Select one lr per (model, dataset, smoothing) by this metric's mean on the dev/validation
     # splits, then score only the selected checkpoints on the test splits (None: score all).
     select_lr_by: str | None = None
-    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("select_lr_by")
     @classmethod

@@ -16,10 +16,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from calsweep.cluster import init_ray as start_ray
 from calsweep.console import say
+from calsweep.schema import fields_of
 from calsweep.storage import is_uri
 from evaluators.evaluate import SplitRequest
-from evaluators.metrics import MetricConfig
-from evaluators.pipeline import ScoringSettings
+from evaluators.settings import ScoringSettings
 from orchestrator.config import SweepConfig
 from orchestrator.plan import EvalSplit, TrialJob, TrialSpec
 from orchestrator.trial import TrainLaunch, run_trial
@@ -197,13 +197,7 @@ def run_tune(
 
 
 def scoring_settings(config: SweepConfig) -> ScoringSettings:
-    e = config.evaluation
-    return ScoringSettings(
-        mode=e.mode,
-        dtype=e.dtype,
-        max_batch_tokens=e.max_batch_tokens,
-        metrics=MetricConfig(**e.metrics.model_dump()),
-    )
+    return ScoringSettings(**fields_of(ScoringSettings, config.evaluation))
 
 
 def split_request(config: SweepConfig, s: EvalSplit) -> SplitRequest:
