@@ -18,10 +18,9 @@ from calsweep.cluster import init_ray as start_ray
 from calsweep.console import say
 from calsweep.schema import fields_of
 from calsweep.storage import is_uri
-from evaluators.evaluate import SplitRequest
 from evaluators.settings import ScoringSettings
 from orchestrator.config import SweepConfig
-from orchestrator.plan import EvalSplit, TrialJob, TrialSpec
+from orchestrator.plan import TrialJob, TrialSpec
 from orchestrator.trial import TrainLaunch, run_trial
 from trainers.prepared import prepare
 
@@ -198,19 +197,6 @@ def run_tune(
 
 def scoring_settings(config: SweepConfig) -> ScoringSettings:
     return ScoringSettings(**fields_of(ScoringSettings, config.evaluation))
-
-
-def split_request(config: SweepConfig, s: EvalSplit) -> SplitRequest:
-    return SplitRequest(
-        s.benchmark,
-        s.language,
-        s.split,
-        s.source,
-        s.limit,
-        config.seed,
-        config.evaluation.num_fewshot,
-        s.subjects,
-    )
 
 
 ResultKey = tuple[str, str, str, str]  # (model key, benchmark, language, split)

@@ -13,9 +13,10 @@ import polars as pl
 import yaml
 
 from evaluators.benchmarks import BUNDLED, MMLU_PROX, resolve_source
-from evaluators.score import main, parse_args, settings_from_args
+from evaluators.score import main, parse_args, requests_for, settings_from_args
 from orchestrator.config import load_config
 from orchestrator.execution import scoring_settings
+from orchestrator.plan import expand
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def test_scores_splits_writes_outputs_and_reuses_the_cache(
 
 
 def test_the_sweeps_evaluation_section_and_the_cli_ask_for_the_same_scores(tmp_path: Path) -> None:
-    """Equal settings: a sweep and the CLI share score-cache entries."""
+    """Equal settings and requests: a sweep and the CLI share score-cache entries."""
     metrics = {"ece_bins": 10, "rms_bin_size": 20, "bootstrap_resamples": 0, "bootstrap_seed": 2}
     evaluation = {"mode": "loglik", "dtype": "float32", "max_batch_tokens": 512, "num_fewshot": 1}
     bench = {"languages": ["de", "sw"], "limit": 5, "subjects": ["cldr_months"]}
@@ -86,6 +87,7 @@ def test_the_sweeps_evaluation_section_and_the_cli_ask_for_the_same_scores(tmp_p
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in {**evaluation, **metrics}.items()]
     args = parse_args(argv)
     assert settings_from_args(args) == scoring_settings(config)
+    assert requests_for(args) == expand(config).splits
 
 
 def test_unknown_source_benchmark_is_a_clear_error(tmp_path: Path, capsys) -> None:
