@@ -21,7 +21,14 @@ from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
 from evaluators.settings import ScoringSettings
-from trainers.settings import LabelSmoothing, LearningRate, SFTFormat, TrainingRecipe, WorkerGroup
+from trainers.settings import (
+    LabelSmoothing,
+    LearningRate,
+    SFTFormat,
+    SFTRows,
+    TrainingRecipe,
+    WorkerGroup,
+)
 
 SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -36,13 +43,11 @@ class ModelSpec(Strict):
     source: str
 
 
-class SFTDatasetSpec(Strict):
+class SFTDatasetSpec(SFTRows):
     """An SFT dataset: hub id, local .json/.jsonl/.parquet file, or `bundled` (shipped sample)."""
 
     format: SFTFormat
     source: str
-    max_samples: PositiveInt | None = None
-    on_malformed: Literal["skip", "error"] = "skip"
 
 
 class Grid(Strict):

@@ -21,7 +21,7 @@ from evaluators.benchmarks import BENCHMARKS, resolve_source
 from evaluators.evaluate import SplitRequest
 from orchestrator.config import SweepConfig
 from orchestrator.cost import price_lines, training_precision
-from trainers.settings import TrainingRecipe, TrainSettings
+from trainers.settings import SFTRows, TrainingRecipe, TrainSettings
 
 # Published split sizes (questions per language) and mean prompt+options tokens per question
 # (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
@@ -80,8 +80,7 @@ def train_settings(config: SweepConfig, spec: TrialSpec) -> TrainSettings:
         model_path=config.models[spec.model].source,
         sft_format=dataset.format,
         sft_source=dataset.source,
-        max_samples=dataset.max_samples,
-        on_malformed=dataset.on_malformed,
+        **fields_of(SFTRows, dataset),
         learning_rate=spec.learning_rate,
         label_smoothing=spec.label_smoothing,
         seed=spec.seed,

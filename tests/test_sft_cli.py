@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 from orchestrator.config import load_config
 from orchestrator.plan import expand
 from trainers.fit import progress_line, run_name
-from trainers.settings import TrainingRecipe, WorkerGroup
-from trainers.sft import build_parser, settings_from_args
+from trainers.settings import TrainingRecipe, TrainSettings, WorkerGroup
+from trainers.sft import NOT_FLAGS, build_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,14 +37,19 @@ def test_help_explains_every_flag() -> None:
         assert action.option_strings[-1] in shown
 
 
-def test_every_recipe_field_is_a_flag_with_its_default() -> None:
-    """The recipe's and the worker group's fields are the CLI's flags: a new field is a flag."""
+def test_every_settings_field_is_a_flag_with_its_default() -> None:
+    """The recipe's, the worker group's and the run's fields are the CLI's flags: a new field is
+    a flag by itself."""
     actions = {a.dest: a for a in build_parser()._actions}
-    for name, field in {**TrainingRecipe.model_fields, **WorkerGroup.model_fields}.items():
+    fields = {**TrainSettings.model_fields, **WorkerGroup.model_fields}
+    assert set(TrainingRecipe.model_fields) < set(fields)
+    for name, field in fields.items():
+        if name in NOT_FLAGS:
+            continue
         kebab = name.replace("_", "-")
         switch = f"--no-{kebab}" if field.default is True else f"--{kebab}"
         assert switch in actions[name].option_strings
-        assert actions[name].default == field.default
+        assert actions[name].default == (None if field.is_required() else field.default)
         assert actions[name].help == field.description
 
 

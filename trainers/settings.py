@@ -2,8 +2,9 @@
 planning read them without importing torch or Ray.
 
 `TrainingRecipe` is the SFT recipe (a sweep file's `training:` section, `python -m trainers.sft`'s
-flags), `WorkerGroup` the Ray Train worker group that runs it, `TrainSettings` what each worker
-trains with: the recipe plus one run's model, data and grid point.
+flags), `WorkerGroup` the Ray Train worker group that runs it, `SFTRows` which rows of a dataset
+are used, `TrainSettings` what each worker trains with: the recipe plus one run's model, data and
+grid point.
 """
 
 from __future__ import annotations
@@ -76,7 +77,18 @@ class WorkerGroup(Strict):
     )
 
 
-class TrainSettings(TrainingRecipe):
+class SFTRows(Strict):
+    """Which rows of an SFT dataset are trained on (also a sweep file's `sft_datasets` entry)."""
+
+    max_samples: PositiveInt | None = Field(
+        None, description="seeded subsample of valid conversations"
+    )
+    on_malformed: Literal["skip", "error"] = Field(
+        "skip", description="skip (and count) or fail on malformed rows"
+    )
+
+
+class TrainSettings(TrainingRecipe, SFTRows):
     """Everything one training run needs: the recipe, the model, the data and the grid point."""
 
     model_path: str
@@ -87,11 +99,5 @@ class TrainSettings(TrainingRecipe):
         description="label smoothing beta in [0, 1); 0 is plain cross-entropy"
     )
     seed: int = Field(0, description="data order, subsample, dropout")
-    max_samples: PositiveInt | None = Field(
-        None, description="seeded subsample of valid conversations"
-    )
-    on_malformed: Literal["skip", "error"] = Field(
-        "skip", description="skip (and count) or fail on malformed rows"
-    )
     # location of the examples `trainers.prepared.prepare` made for these settings
     prepared_data: str = ""
