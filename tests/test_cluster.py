@@ -34,16 +34,17 @@ def ray_cli(*args: str) -> None:
 
 @pytest.fixture
 def two_node_cluster(tmp_path: Path):
-    """Head node and a worker node (2 logical CPUs each), torn down after the test."""
-    ray_cli(
-        "start",
-        "--head",
-        f"--port={PORT}",
-        "--num-cpus=2",
-        "--include-dashboard=true",
-        "--disable-usage-stats",
-    )
+    """Head node and a worker node (2 logical CPUs each), torn down after the test (also when
+    a start fails half-way, which would leave a head on the port for the next run)."""
     try:
+        ray_cli(
+            "start",
+            "--head",
+            f"--port={PORT}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        )
         ray_cli("start", f"--address=127.0.0.1:{PORT}", "--num-cpus=2")
         yield f"127.0.0.1:{PORT}"
     finally:
@@ -93,7 +94,7 @@ def kill_workers_and_tracking_after_a_checkpoint(
     """Once a training run has registered a mid-run checkpoint and none has finished, SIGKILL
     every Ray Train worker process (the worker groups of both trials fail mid-run) and the
     MLflow server; start the server again 25 s later."""
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         runs = list((sweep_dir / "ray").glob("train-*"))
         if any((r / "checkpoint_manager_snapshot.json").is_file() for r in runs) and not any(

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_until(args: list[str], log: Path, ready: Callable[[], bool], timeout: float = 400) -> None:
+def run_until(args: list[str], log: Path, ready: Callable[[], bool], timeout: float = 900) -> None:
     """Run the sweep CLI in its own process group and SIGKILL the whole group (driver and the
     local Ray instance it started) as soon as `ready()` holds."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -61,8 +61,13 @@ def storage_files(storage: str) -> list[str]:
 
 
 def ledger(storage: str) -> dict:
+    """The ledger as the test polls it while the driver rewrites it. On S3 a read can mix two
+    versions (pyarrow sizes the object, then reads it): such a read counts as not ready."""
     text = read_text(join(storage, "ledger.json"))
-    return json.loads(text) if text else {"entries": {}, "scores": {}}
+    try:
+        return json.loads(text) if text else {"entries": {}, "scores": {}}
+    except ValueError:
+        return {"entries": {}, "scores": {}}
 
 
 def ended_trials(storage: str) -> list[str]:
@@ -83,8 +88,8 @@ def second_trial_checkpointed(storage: str) -> bool:
 
 
 class WeightReads:
-    """Records every exported weight file this process opens (an audit hook cannot be removed,
-    so it records only while `active`)."""
+    """Records every weight file this process opens (an audit hook cannot be removed, so it
+    records only while `active`)."""
 
     def __init__(self) -> None:
         self.active, self.paths = False, []
@@ -123,7 +128,9 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
         assert main([str(sweep), "--resume", *storage_args]) == 0
     finally:
         weight_reads.active = False
-    assert weight_reads.paths == []  # the ledger holds the digests: the driver hashes nothing
+    # the ledger holds the exports' digests: the driver hashes none (it reads the base
+    # model's safetensors header only, to count its parameters for the plan's price)
+    assert [p for p in weight_reads.paths if "/train-" in p] == []
     out = capsys.readouterr().out
     assert "1 of 2 trials already ended" in out, out
     assert not re.search(r"ls=0 step", out), out  # the finished trial is not retrained
@@ -165,7 +172,7 @@ def test_killed_while_scoring_resumes_without_rescoring(
         scores = [k for k in ledger(storage)["scores"] if not k.startswith("base:")]
         return 0 < len(scores) < 43
 
-    run_until([str(sweep)], tmp_path / "killed.log", trial_partly_scored, timeout=600)
+    run_until([str(sweep)], tmp_path / "killed.log", trial_partly_scored)
     before = ledger(storage)
     cache = sweep_dir / "score_cache"
     kept = {f.name: f.stat().st_mtime_ns for f in cache.glob("*.json")}
