@@ -31,6 +31,7 @@ from transformers import AutoTokenizer
 from calsweep.models import SMOLLM2_SOURCE, resolve_model
 from evaluators.prompts import format_prompt
 from evaluators.scoring import OptionScorer, encode_question, load_model
+from evaluators.settings import ScoringSettings
 
 # (method, reference): max abs difference of the summed log-likelihoods per option
 COMPARISONS = (("option_scorer", "lm_eval"), ("naive", "lm_eval"), ("option_scorer", "naive"))
@@ -207,7 +208,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lm-eval-batch-size", type=int, default=16)
-    parser.add_argument("--max-batch-tokens", type=int, default=4096)
+    parser.add_argument("--max-batch-tokens", type=int, default=ScoringSettings().max_batch_tokens)
     parser.add_argument("--chunk", type=int, default=5, help="questions per interleaved turn")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many runs a chunk")
     args = parser.parse_args()

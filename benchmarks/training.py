@@ -115,7 +115,7 @@ def run_calsweep_local(args: argparse.Namespace, grouped: bool) -> list[dict[str
         report(metrics, **kwargs)
 
     ray.train.report = record
-    config = settings(args, world=1, grouped=grouped).to_dict()
+    config = settings(args, world=1, grouped=grouped).model_dump()
     TorchTrainer(
         train_func, train_loop_config=config, scaling_config=ScalingConfig(num_workers=0)
     ).fit()
@@ -142,7 +142,7 @@ def run_calsweep_ray(args: argparse.Namespace, grouped: bool) -> list[dict[str, 
         with tempfile.TemporaryDirectory() as storage:
             TorchTrainer(
                 train_func,
-                train_loop_config=settings(args, world=2, grouped=grouped).to_dict(),
+                train_loop_config=settings(args, world=2, grouped=grouped).model_dump(),
                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
                 torch_config=TorchConfig(backend="gloo"),
                 run_config=RunConfig(storage_path=storage, callbacks=[ForwardReports(queue)]),

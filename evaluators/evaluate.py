@@ -33,10 +33,10 @@ class SplitRequest:
     language: str
     split: str
     source: str
-    limit: int | None = None
-    seed: int = 0
-    num_fewshot: int = 0
-    subjects: tuple[str, ...] | None = None  # subject/category filter, None = all
+    limit: int | None  # questions, seeded subsample; None = all
+    seed: int
+    num_fewshot: int
+    subjects: tuple[str, ...] | None  # subject/category filter, None = all
 
     def __post_init__(self) -> None:
         if self.subjects is not None:  # JSON round trips turn the tuple into a list

@@ -10,10 +10,12 @@ max valid option probability; prediction = argmax, ties broken towards the lowes
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field
+
+from calsweep.schema import NonNegativeInt, PositiveInt, Strict
 
 SUM_TOLERANCE = 1e-4
 
@@ -24,6 +26,26 @@ HIGHER_IS_BETTER: dict[str, bool] = {
         ["entropy", "nll", "brier", "ece", "rms", "mad", "sce", "ace", "ece_debiased"], False
     ),
 }
+
+
+class MetricConfig(Strict):
+    """Every binning and bootstrap parameter, explicit so it can be recorded with the results (a
+    sweep file's `evaluation.metrics`)."""
+
+    ece_bins: PositiveInt = Field(15, description="equal-width confidence bins of the ECE")
+    rms_bin_size: PositiveInt = Field(
+        100, description="questions per equal-mass bin of the RMS calibration error and MAD"
+    )
+    sce_bins: PositiveInt = Field(15, description="equal-width bins per class of the SCE")
+    ace_ranges: PositiveInt = Field(15, description="equal-mass ranges per class of the ACE")
+    ece_debiased_bins: PositiveInt = Field(15, description="equal-mass bins of the debiased ECE")
+    bootstrap_resamples: NonNegativeInt = Field(
+        1000, description="bootstrap resamples of the 95% intervals (0: no intervals)"
+    )
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap resamples")
+
+
+DEFAULTS = MetricConfig()
 
 
 def pad_probabilities(rows: list[np.ndarray]) -> np.ndarray:
@@ -192,7 +214,9 @@ def brier_score(probs: np.ndarray, gold: np.ndarray) -> float:
     return float(np.where(valid, (probs - onehot) ** 2, 0.0).sum(axis=1).mean())
 
 
-def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(
+    probs: np.ndarray, gold: np.ndarray, n_bins: int = DEFAULTS.ece_bins
+) -> float:
     """Top-label ECE: sum_b (n_b/N) |acc_b - conf_b|; fraction in [0, 1]; lower is better.
 
     Equal-width, right-closed bins: bin b covers (b/n, (b+1)/n], confidence 0 joins bin 0 and
@@ -202,7 +226,9 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int 
     return _binned_l1(conf, correct, n_bins)
 
 
-def rms_calibration_error(probs: np.ndarray, gold: np.ndarray, bin_size: int = 100) -> float:
+def rms_calibration_error(
+    probs: np.ndarray, gold: np.ndarray, bin_size: int = DEFAULTS.rms_bin_size
+) -> float:
     """Top-label RMS calibration error: sqrt(sum_b (n_b/N) (acc_b - conf_b)^2); lower is better.
 
     Fraction in [0, 1]. Equal-mass bins of ``bin_size`` predictions sorted by confidence
@@ -213,13 +239,17 @@ def rms_calibration_error(probs: np.ndarray, gold: np.ndarray, bin_size: int = 1
     return float(np.sqrt((count * gap**2).sum() / count.sum()))
 
 
-def mean_absolute_deviation(probs: np.ndarray, gold: np.ndarray, bin_size: int = 100) -> float:
+def mean_absolute_deviation(
+    probs: np.ndarray, gold: np.ndarray, bin_size: int = DEFAULTS.rms_bin_size
+) -> float:
     """As ``rms_calibration_error`` but L1: sum_b (n_b/N) |acc_b - conf_b|; lower is better."""
     count, gap = _equal_mass_gaps(*_top_label(probs, gold), bin_size)
     return float((count * np.abs(gap)).sum() / count.sum())
 
 
-def debiased_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> float:
+def debiased_calibration_error(
+    probs: np.ndarray, gold: np.ndarray, n_bins: int = DEFAULTS.ece_debiased_bins
+) -> float:
     """Kumar et al. (2019) debiased top-label L2 calibration error; fraction in [0, 1]; lower is
     better. Key ``ece_debiased``.
 
@@ -257,7 +287,9 @@ def _classwise(probs: np.ndarray, gold: np.ndarray) -> list[tuple[np.ndarray, np
     ]
 
 
-def static_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> float:
+def static_calibration_error(
+    probs: np.ndarray, gold: np.ndarray, n_bins: int = DEFAULTS.sce_bins
+) -> float:
     """Classwise SCE: (1/K) sum_k sum_b (n_bk/N_k) |acc_bk - conf_bk|; lower is better.
 
     Variable K: class k is option position k, taken over the N_k questions that have it; K is
@@ -266,7 +298,9 @@ def static_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 
     return float(np.mean([_binned_l1(p, hit, n_bins) for p, hit in _classwise(probs, gold)]))
 
 
-def adaptive_calibration_error(probs: np.ndarray, gold: np.ndarray, n_ranges: int = 15) -> float:
+def adaptive_calibration_error(
+    probs: np.ndarray, gold: np.ndarray, n_ranges: int = DEFAULTS.ace_ranges
+) -> float:
     """Classwise ACE: (1/(K R)) sum_k sum_r |acc(r,k) - conf(r,k)|; lower is better.
 
     Each class's sorted probabilities are split into R = ``n_ranges`` nearly equal ranges
@@ -292,7 +326,9 @@ class ReliabilityBin:
     accuracy: float
 
 
-def reliability_bins(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> list[ReliabilityBin]:
+def reliability_bins(
+    probs: np.ndarray, gold: np.ndarray, n_bins: int = DEFAULTS.ece_bins
+) -> list[ReliabilityBin]:
     """Top-label reliability-diagram data, binned exactly as ``expected_calibration_error``."""
     conf, correct = _top_label(probs, gold)
     count, conf_sum, hit_sum = _equal_width_bins(conf, correct, n_bins)
@@ -307,29 +343,10 @@ def reliability_bins(probs: np.ndarray, gold: np.ndarray, n_bins: int = 15) -> l
     ]
 
 
-@dataclass(frozen=True)
-class MetricConfig:
-    """Every binning and bootstrap parameter, explicit so it can be recorded with the results.
-
-    ``bootstrap_resamples`` 0 means no intervals.
-    """
-
-    ece_bins: int = 15
-    rms_bin_size: int = 100
-    sce_bins: int = 15
-    ace_ranges: int = 15
-    ece_debiased_bins: int = 15
-    bootstrap_resamples: int = 1000
-    bootstrap_seed: int = 0
-
-    def as_params(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-
 def compute_all(
     probs: np.ndarray,
     gold: np.ndarray,
-    config: MetricConfig = MetricConfig(),
+    config: MetricConfig = DEFAULTS,
     log_probs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All metrics of one split, keyed as in ``HIGHER_IS_BETTER`` plus ``n_questions``.
@@ -361,7 +378,7 @@ _BLOCK_CELLS = 1 << 21
 
 
 def bootstrap_intervals(
-    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = MetricConfig(), level: float = 0.95
+    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = DEFAULTS, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals (``level``, default 95%) for ``BOOTSTRAP_METRICS``.
 
@@ -385,7 +402,7 @@ def bootstrap_intervals(
 
 
 def bootstrap_replicates(
-    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = MetricConfig()
+    probs: np.ndarray, gold: np.ndarray, config: MetricConfig = DEFAULTS
 ) -> dict[str, np.ndarray]:
     """Each ``BOOTSTRAP_METRICS`` metric on each of the config's seeded resamples, (B,) each."""
     _check_positive("bootstrap_resamples", config.bootstrap_resamples)
@@ -406,7 +423,7 @@ def bootstrap_replicates(
 
 
 def resampled_metrics(
-    probs: np.ndarray, gold: np.ndarray, counts: np.ndarray, config: MetricConfig = MetricConfig()
+    probs: np.ndarray, gold: np.ndarray, counts: np.ndarray, config: MetricConfig = DEFAULTS
 ) -> dict[str, np.ndarray]:
     """``BOOTSTRAP_METRICS`` of resamples given as multiplicities: ``counts`` (B, N), row b how
     often each question is in resample b (every row with the same sum). Equals the metric

@@ -21,18 +21,7 @@ import ray
 
 from calsweep.storage import is_uri, local_copy, remote_version
 from evaluators.evaluate import SplitRequest, SplitResult, evaluate_split
-from evaluators.metrics import MetricConfig
-
-
-@dataclass(frozen=True)
-class ScoringSettings:
-    mode: str = "perplexity"
-    dtype: str = "auto"
-    max_batch_tokens: int = 4096
-    metrics: MetricConfig = MetricConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from evaluators.settings import ScoringSettings
 
 
 @dataclass(frozen=True)
@@ -43,7 +32,7 @@ class WorkItem:
     request: SplitRequest
 
     def cache_key(self, settings: ScoringSettings) -> str:
-        payload = [self.model_digest, asdict(self.request), settings.to_dict()]
+        payload = [self.model_digest, asdict(self.request), settings.model_dump()]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 

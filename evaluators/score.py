@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calsweep.console import quiet_libraries
+from calsweep.schema import add_flags, from_args
 from evaluators.benchmarks import BENCHMARKS, BUNDLED, check_split, get_benchmark, resolve_source
 from evaluators.evaluate import SplitRequest
+from evaluators.metrics import MetricConfig
+from evaluators.settings import ScoringSettings
 
 if TYPE_CHECKING:  # torch, Ray and matplotlib load only once the input is known to be good
     from evaluators.evaluate import SplitResult
-    from evaluators.pipeline import ScoringSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,26 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="questions per split (seeded subsample)")
     parser.add_argument("--seed", type=int, default=0, help="subsampling / few-shot seed")
     parser.add_argument(
-        "--mode",
-        choices=["perplexity", "loglik", "letter"],
-        default="perplexity",
-        help="how options are scored (DESIGN.md)",
-    )
-    parser.add_argument(
         "--num-fewshot", type=int, default=0, help="k-shot examples from the dev/validation split"
     )
-    parser.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else float32",
-    )
-    parser.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=4096,
-        help="packed tokens per forward pass (halved on out-of-memory)",
-    )
+    add_flags(parser, ScoringSettings, [n for n in ScoringSettings.model_fields if n != "metrics"])
+    add_flags(parser, MetricConfig)  # as a sweep file's evaluation.metrics
     parser.add_argument(
         "--temperature-scaling",
         action="store_true",
@@ -99,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="show library progress bars, notices and warnings (hidden by default)",
     )
     return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
+    """The scoring settings the flags ask for; a value out of range is a ValueError naming it."""
+    return from_args(ScoringSettings, args, metrics=from_args(MetricConfig, args))
 
 
 def dev_split_of(request: SplitRequest) -> SplitRequest:
@@ -146,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries(args.verbose)
     try:
+        settings = settings_from_args(args)
         requests = requests_for(args)
         check_requests(requests, needs_dev=args.temperature_scaling or args.num_fewshot > 0)
     except ValueError as err:
@@ -153,18 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from calsweep.models import resolve_model
     from evaluators.evaluate import evaluate_split
-    from evaluators.metrics import MetricConfig
-    from evaluators.pipeline import (
-        ScoringSettings,
-        WorkItem,
-        load_cached,
-        source_digest,
-        store_cached,
-    )
+    from evaluators.pipeline import WorkItem, load_cached, source_digest, store_cached
     from evaluators.scoring import OptionScorer, load_model
 
     model_path = resolve_model(args.model)
-    settings = ScoringSettings(args.mode, args.dtype, args.max_batch_tokens, MetricConfig())
     digest = source_digest(model_path)
     cache = args.cache or args.out / "cache"
     scorer = None
@@ -175,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         result = load_cached(cache, key)
         if result is None:
             if scorer is None:
-                scorer = OptionScorer(
-                    *load_model(model_path, dtype=args.dtype), args.mode, args.max_batch_tokens
-                )
+                model, tokenizer = load_model(model_path, dtype=settings.dtype)
+                scorer = OptionScorer(model, tokenizer, settings.mode, settings.max_batch_tokens)
             result = evaluate_split(scorer, request, settings.metrics)
             store_cached(cache, key, result)
         return result

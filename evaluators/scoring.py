@@ -27,15 +27,15 @@ import inspect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from calsweep.hardware import auto_precision
+from evaluators.settings import MODES, Mode, ScoringSettings
 
-Mode = Literal["perplexity", "loglik", "letter"]
-MODES: tuple[str, ...] = ("perplexity", "loglik", "letter")
+DEFAULTS = ScoringSettings()
 LETTERS = "ABCDEFGHIJ"
 PROMPT, PADDING = -1, -2  # segment ids of prompt and padding tokens; option k has segment k
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,7 +54,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(path_or_id: str, device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
+def load_model(
+    path_or_id: str, device: str | None = None, dtype: str = DEFAULTS.dtype
+) -> tuple[Any, Any]:
     """(model, tokenizer) for scoring: eval mode (no dropout), gradients off, on `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,7 +165,11 @@ class OptionScorer:
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, mode: Mode = "perplexity", max_batch_tokens: int = 4096
+        self,
+        model: Any,
+        tokenizer: Any,
+        mode: Mode = DEFAULTS.mode,
+        max_batch_tokens: int = DEFAULTS.max_batch_tokens,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")

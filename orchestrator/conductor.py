@@ -23,7 +23,7 @@ import polars as pl
 
 from calsweep.console import say
 from calsweep.models import resolve_model
-from evaluators.evaluate import SplitResult
+from evaluators.evaluate import SplitRequest, SplitResult
 from evaluators.pipeline import WorkItem, load_cached, score_items, source_digest, store_cached
 from orchestrator.config import SweepConfig
 from orchestrator.execution import (
@@ -31,10 +31,9 @@ from orchestrator.execution import (
     ScoredModel,
     reserve_scoring,
     scoring_settings,
-    split_request,
 )
 from orchestrator.ledger import Entry, Ledger, score_job_key
-from orchestrator.plan import EvalSplit, Plan, base_key
+from orchestrator.plan import Plan, base_key
 from orchestrator.progress import SweepProgress, TrainingStep, TrialEnded, TrialStarted
 from orchestrator.results import long_table, mlflow_metrics, record_model
 from orchestrator.stats import select_lr
@@ -270,12 +269,12 @@ class Conductor:
         self.models[key] = model
         return model
 
-    def _score(self, model: ScoredModel, splits: Iterable[EvalSplit]) -> None:
+    def _score(self, model: ScoredModel, splits: Iterable[SplitRequest]) -> None:
         """Submit the model's score jobs; those already in the score cache count at once."""
         self.phase[model.key] = "dev" if splits is self.plan.dev_splits else "test"
         todo, waiting = [], set()
         for s in splits:
-            item = WorkItem(model.key, model.path, model.digest, split_request(self.config, s))
+            item = WorkItem(model.key, model.path, model.digest, s)
             cache_key = item.cache_key(self.settings)
             cached = load_cached(self.cache_dir, cache_key)
             if cached is None:

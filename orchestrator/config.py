@@ -14,11 +14,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from calsweep.schema import NonNegativeInt, PositiveInt, Strict
 from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
+from evaluators.settings import ScoringSettings
+from trainers.settings import (
+    LabelSmoothing,
+    LearningRate,
+    SFTFormat,
+    SFTRows,
+    TrainingRecipe,
+    WorkerGroup,
+)
 
 SFT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -27,60 +37,30 @@ class ConfigError(ValueError):
     """A sweep file that cannot run; the message has one line per problem."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
 class ModelSpec(Strict):
     """A base model: hub id, local HF directory, or `package:<module>/<file.gguf>`."""
 
     source: str
 
 
-class SFTDatasetSpec(Strict):
+class SFTDatasetSpec(SFTRows):
     """An SFT dataset: hub id, local .json/.jsonl/.parquet file, or `bundled` (shipped sample)."""
 
-    format: Literal["alpaca", "tulu", "openhermes"]
+    format: SFTFormat
     source: str
-    max_samples: PositiveInt | None = None
-    on_malformed: Literal["skip", "error"] = "skip"
 
 
 class Grid(Strict):
     """The sweep's axes; every combination is one trial."""
 
-    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
-    label_smoothing: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=1)
+    learning_rate: list[LearningRate] = Field(min_length=1)
+    label_smoothing: list[LabelSmoothing] = Field(min_length=1)
     model: list[str] = Field(min_length=1)
     sft_dataset: list[str] = Field(min_length=1)
 
 
-class TrainingConfig(Strict):
-    """The SFT recipe shared by all trials (DESIGN.md, "Training")."""
-
-    max_steps: PositiveInt | None = None  # optimizer steps; None = `epochs` over the data
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    micro_batch_size: PositiveInt = 4
-    grad_accum_steps: PositiveInt = 1
-    num_workers: PositiveInt = 2
-    max_seq_len: PositiveInt = 512
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.02
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    # auto: bf16 on GPUs and on CPUs with fast bf16 (AMX, AVX512-BF16), else fp32
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    log_every_steps: PositiveInt = 1
-    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0 = only the final checkpoint
-    # Also one when this many minutes passed since the last (0 = off): a run of unknown speed
-    # still loses at most this much to a failure, and a fast one does not write terabytes.
-    checkpoint_every_minutes: Annotated[float, Field(ge=0)] = 0.0
-    max_failures: Annotated[int, Field(ge=0)] = 1
-    # Micro-batches of similar-length sequences in a seeded order: less padding, same exact loss.
-    length_grouped: bool = True
+class TrainingConfig(WorkerGroup, TrainingRecipe):  # fields: the recipe's, then the group's
+    """The SFT recipe shared by all trials and the worker group of each (trainers.settings)."""
 
 
 class BenchmarkEval(Strict):
@@ -93,31 +73,16 @@ class BenchmarkEval(Strict):
     subjects: list[str] | None = Field(default=None, min_length=1)  # subjects / categories
 
 
-class MetricsConfig(Strict):
-    """Binning and bootstrap parameters (evaluators.metrics.MetricConfig); recorded with every
-    result."""
+class EvaluationConfig(ScoringSettings):
+    """The scoring settings (evaluators.settings) and what the sweep scores with them."""
 
-    ece_bins: PositiveInt = 15
-    rms_bin_size: PositiveInt = 100
-    sce_bins: PositiveInt = 15
-    ace_ranges: PositiveInt = 15
-    ece_debiased_bins: PositiveInt = 15
-    bootstrap_resamples: Annotated[int, Field(ge=0)] = 1000  # 0 = no intervals
-    bootstrap_seed: int = 0
-
-
-class EvaluationConfig(Strict):
     benchmarks: dict[str, BenchmarkEval] = Field(min_length=1)
-    mode: Literal["perplexity", "loglik", "letter"] = "perplexity"
-    num_fewshot: Annotated[int, Field(ge=0)] = 0
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch_tokens: PositiveInt = 4096
+    num_fewshot: NonNegativeInt = 0
     num_actors: PositiveInt = 1
     evaluate_base_models: bool = True
     # Select one lr per (model, dataset, smoothing) by this metric's mean on the dev/validation
     # splits, then score only the selected checkpoints on the test splits (None: score all).
     select_lr_by: str | None = None
-    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("select_lr_by")
     @classmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from calsweep.cluster import init_ray as start_ray
 from calsweep.console import say
+from calsweep.schema import fields_of
 from calsweep.storage import is_uri
-from evaluators.evaluate import SplitRequest
-from evaluators.metrics import MetricConfig
-from evaluators.pipeline import ScoringSettings
+from evaluators.settings import ScoringSettings
 from orchestrator.config import SweepConfig
-from orchestrator.plan import EvalSplit, TrialJob, TrialSpec
+from orchestrator.plan import TrialJob, TrialSpec
 from orchestrator.trial import TrainLaunch, run_trial
 from trainers.prepared import prepare
 
@@ -149,7 +148,8 @@ def prepare_sft_data(storage: str, jobs: list[TrialJob]) -> dict[str, str]:
     for job in jobs:
         key = job.spec.data_key
         if key not in locations:
-            settings = replace(job.settings, model_path=resolve_model(job.settings.model_path))
+            path = resolve_model(job.settings.model_path)
+            settings = job.settings.model_copy(update={"model_path": path})
             locations[key] = prepare(settings, storage, say=say).location
     return locations
 
@@ -196,26 +196,7 @@ def run_tune(
 
 
 def scoring_settings(config: SweepConfig) -> ScoringSettings:
-    e = config.evaluation
-    return ScoringSettings(
-        mode=e.mode,
-        dtype=e.dtype,
-        max_batch_tokens=e.max_batch_tokens,
-        metrics=MetricConfig(**e.metrics.model_dump()),
-    )
-
-
-def split_request(config: SweepConfig, s: EvalSplit) -> SplitRequest:
-    return SplitRequest(
-        s.benchmark,
-        s.language,
-        s.split,
-        s.source,
-        s.limit,
-        config.seed,
-        config.evaluation.num_fewshot,
-        s.subjects,
-    )
+    return ScoringSettings(**fields_of(ScoringSettings, config.evaluation))
 
 
 ResultKey = tuple[str, str, str, str]  # (model key, benchmark, language, split)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from calsweep.schema import fields_of
 from evaluators.benchmarks import BENCHMARKS, resolve_source
+from evaluators.evaluate import SplitRequest
 from orchestrator.config import SweepConfig
 from orchestrator.cost import price_lines, training_precision
-from trainers.settings import TrainSettings
+from trainers.settings import SFTRows, TrainingRecipe, TrainSettings
 
 # Published split sizes (questions per language) and mean prompt+options tokens per question
 # (SmolLM2 tokenizer, zero-shot, measured on English), for planning real-benchmark sweeps offline.
@@ -78,12 +80,11 @@ def train_settings(config: SweepConfig, spec: TrialSpec) -> TrainSettings:
         model_path=config.models[spec.model].source,
         sft_format=dataset.format,
         sft_source=dataset.source,
-        max_samples=dataset.max_samples,
-        on_malformed=dataset.on_malformed,
+        **fields_of(SFTRows, dataset),
         learning_rate=spec.learning_rate,
         label_smoothing=spec.label_smoothing,
         seed=spec.seed,
-        **config.training.model_dump(exclude={"num_workers", "max_failures"}),
+        **fields_of(TrainingRecipe, config.training),
     )
 
 
@@ -111,23 +112,11 @@ def base_key(model: str) -> str:
 
 
 @dataclass(frozen=True)
-class EvalSplit:
-    """One benchmark split in one language: the unit of scoring work."""
-
-    benchmark: str
-    language: str
-    split: str
-    source: str
-    limit: int | None
-    subjects: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
 class Plan:
     jobs: list[TrialJob]
     base_models: list[str]
-    splits: list[EvalSplit]
-    dev_splits: list[EvalSplit]  # scored as each trial finishes, only when selecting the lr
+    splits: list[SplitRequest]
+    dev_splits: list[SplitRequest]  # scored as each trial finishes, only when selecting the lr
 
     @property
     def trials(self) -> list[TrialSpec]:
@@ -140,7 +129,7 @@ class Plan:
             return len(self.trials)
         return len({t.configuration for t in self.trials})
 
-    def first_splits(self, model_key: str) -> list[EvalSplit]:
+    def first_splits(self, model_key: str) -> list[SplitRequest]:
         """What a model is scored on as soon as it exists: a base model or (without lr
         selection) a trial on the test splits; with lr selection a trial on the dev splits,
         and on the test splits only once its lr is selected."""
@@ -161,24 +150,25 @@ def expand(config: SweepConfig) -> Plan:
     jobs = [TrialJob(trial_id(config, s), s, train_settings(config, s)) for s in specs]
     base_models = list(grid.model) if config.evaluation.evaluate_base_models else []
     splits, dev_splits = [], []
-    for name, bench in config.evaluation.benchmarks.items():
+    e = config.evaluation
+    for name, bench in e.benchmarks.items():
         spec = BENCHMARKS[name]
         languages = spec.languages if bench.languages == "all" else bench.languages
+        common = {
+            "source": resolve_source(spec, bench.source),
+            "limit": bench.limit,
+            "seed": config.seed,
+            "num_fewshot": e.num_fewshot,
+            "subjects": tuple(bench.subjects) if bench.subjects else None,
+        }
         split = bench.split or spec.test_split
-        source = resolve_source(spec, bench.source)
-        subjects = tuple(bench.subjects) if bench.subjects else None
-        splits += [
-            EvalSplit(name, lang, split, source, bench.limit, subjects) for lang in languages
-        ]
-        if config.evaluation.select_lr_by:
-            dev_splits += [
-                EvalSplit(name, lang, spec.dev_split, source, bench.limit, subjects)
-                for lang in languages
-            ]
+        splits += [SplitRequest(name, lang, split, **common) for lang in languages]
+        if e.select_lr_by:
+            dev_splits += [SplitRequest(name, lang, spec.dev_split, **common) for lang in languages]
     return Plan(jobs, base_models, splits, dev_splits)
 
 
-def split_size(item: EvalSplit) -> int:
+def split_size(item: SplitRequest) -> int:
     """Questions in a split: counted in local parquet files, else the published sizes."""
     local = Path(item.source) / item.language
     files = sorted(local.glob(f"{item.split}-*.parquet")) if local.is_dir() else []
@@ -247,7 +237,7 @@ def _scored_tokens(plan: Plan, test_tokens: int, dev: dict[str, int]) -> dict[st
     return tokens
 
 
-def _questions(config: SweepConfig, splits: list[EvalSplit]) -> dict[str, int]:
+def _questions(config: SweepConfig, splits: list[SplitRequest]) -> dict[str, int]:
     questions = {b: 0 for b in config.evaluation.benchmarks}
     for item in splits:
         questions[item.benchmark] += split_size(item)

@@ -144,7 +144,7 @@ def record_plan(config: SweepConfig, plan: Plan, tracker: SweepTracker) -> None:
             "trials": len(plan.trials),
             "base_models": len(plan.base_models),
             "splits": len(plan.splits),
-            **{f"scoring.{k}": v for k, v in scoring_settings(config).to_dict().items()},
+            **{f"scoring.{k}": v for k, v in scoring_settings(config).model_dump().items()},
         },
     )
     with tempfile.TemporaryDirectory() as tmp:

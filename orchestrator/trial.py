@@ -8,7 +8,7 @@ run had already exported its model, returns that export without training a step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
@@ -63,14 +63,15 @@ def run_trial(
     """Tune function trainable: train one planned job and report its export.
     `prepared`: the location of each data key's prepared SFT data."""
     job = jobs[tune_config["job"]["id"]]
-    settings = replace(
-        job.settings,
-        model_path=resolve_model(job.settings.model_path),
-        prepared_data=prepared[job.spec.data_key],
+    settings = job.settings.model_copy(
+        update={
+            "model_path": resolve_model(job.settings.model_path),
+            "prepared_data": prepared[job.spec.data_key],
+        }
     )
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=settings.to_dict(),
+        train_loop_config=settings.model_dump(),
         scaling_config=ScalingConfig(
             num_workers=launch.num_workers,
             use_gpu=launch.use_gpu,

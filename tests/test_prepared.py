@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,7 +110,7 @@ def test_malformed_rows_are_skipped_and_made_up_from_later_rows(
     assert prepared.skipped == skipped and sum(skipped.values()) > 0
     assert prepared.examples == 30  # the skipped rows were made up by further rows
 
-    strict = replace(s, on_malformed="error")
+    strict = s.model_copy(update={"on_malformed": "error"})
     with pytest.raises(MalformedRow, match=r"alpaca row \d+ of .*alpaca.jsonl .*output is ''"):
         prepare(strict, str(tmp_path / "strict"), say=lambda line: None)
     assert not list((tmp_path / "strict").rglob(MANIFEST_FILE))  # nothing half-made is kept
@@ -130,7 +129,7 @@ def test_a_key_is_prepared_once_and_a_change_of_key_prepares_again(
     made = data_file.stat()
 
     # Another trial of the grid (other lr and smoothing): same key, nothing is tokenised again.
-    again = prepare(replace(s, learning_rate=1e-5, label_smoothing=0.1), storage)
+    again = prepare(s.model_copy(update={"learning_rate": 1e-5, "label_smoothing": 0.1}), storage)
     assert (again.location, again.reused, first.reused) == (first.location, True, False)
     assert (data_file.stat().st_ino, data_file.stat().st_mtime_ns) == (
         made.st_ino,
@@ -139,9 +138,9 @@ def test_a_key_is_prepared_once_and_a_change_of_key_prepares_again(
     assert again.examples == first.examples == 20
 
     changes = {
-        "tokenizer": replace(s, model_path=str(plain_tokenizer_dir)),
-        "max_seq_len": replace(s, max_seq_len=64),
-        "max_samples": replace(s, max_samples=10),
+        "tokenizer": s.model_copy(update={"model_path": str(plain_tokenizer_dir)}),
+        "max_seq_len": s.model_copy(update={"max_seq_len": 64}),
+        "max_samples": s.model_copy(update={"max_samples": 10}),
     }
     locations = {first.location}
     for what, changed in changes.items():

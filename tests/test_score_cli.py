@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 from evaluators.benchmarks import BUNDLED, MMLU_PROX, resolve_source
-from evaluators.score import main
+from evaluators.score import main, parse_args, requests_for, settings_from_args
+from orchestrator.config import load_config
+from orchestrator.execution import scoring_settings
+from orchestrator.plan import expand
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +62,32 @@ def test_scores_splits_writes_outputs_and_reuses_the_cache(
     assert main(args) == 0
     assert sorted(p.stat().st_mtime_ns for p in (out / "cache").iterdir()) == cached
     assert capsys.readouterr().out.split("(")[0] == first.split("(")[0]
+
+
+def test_the_sweeps_evaluation_section_and_the_cli_ask_for_the_same_scores(tmp_path: Path) -> None:
+    """Equal settings and requests: a sweep and the CLI share score-cache entries."""
+    metrics = {"ece_bins": 10, "rms_bin_size": 20, "bootstrap_resamples": 0, "bootstrap_seed": 2}
+    evaluation = {"mode": "loglik", "dtype": "float32", "max_batch_tokens": 512, "num_fewshot": 1}
+    bench = {"languages": ["de", "sw"], "limit": 5, "subjects": ["cldr_months"]}
+    (tmp_path / "model").mkdir()
+    sweep = {
+        "name": "t",
+        "seed": 3,
+        "models": {"m": {"source": "./model"}},
+        "sft_datasets": {"d": {"format": "alpaca", "source": "bundled"}},
+        "grid": {"learning_rate": [1e-4], "label_smoothing": [0.0], "model": ["m"]}
+        | {"sft_dataset": ["d"]},
+        "evaluation": {**evaluation, "metrics": metrics, "benchmarks": {"global_mmlu": bench}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    config = load_config(tmp_path / "sweep.yaml")
+
+    argv = ["--model", "m", "--out", str(tmp_path), "--benchmarks", "global_mmlu", "--seed", "3"]
+    argv += ["--languages", "de", "sw", "--limit", "5", "--subjects", "cldr_months"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in {**evaluation, **metrics}.items()]
+    args = parse_args(argv)
+    assert settings_from_args(args) == scoring_settings(config)
+    assert requests_for(args) == expand(config).splits
 
 
 def test_unknown_source_benchmark_is_a_clear_error(tmp_path: Path, capsys) -> None:

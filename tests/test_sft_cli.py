@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
+from orchestrator.config import load_config
+from orchestrator.plan import expand
 from trainers.fit import progress_line, run_name
-from trainers.sft import build_parser, settings_from_args
+from trainers.settings import TrainingRecipe, TrainSettings, WorkerGroup
+from trainers.sft import NOT_FLAGS, build_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +35,62 @@ def test_help_explains_every_flag() -> None:
     ).stdout
     for action in parser._actions:
         assert action.option_strings[-1] in shown
+
+
+def test_every_settings_field_is_a_flag_with_its_default() -> None:
+    """The recipe's, the worker group's and the run's fields are the CLI's flags: a new field is
+    a flag by itself."""
+    actions = {a.dest: a for a in build_parser()._actions}
+    fields = {**TrainSettings.model_fields, **WorkerGroup.model_fields}
+    assert set(TrainingRecipe.model_fields) < set(fields)
+    for name, field in fields.items():
+        if name in NOT_FLAGS:
+            continue
+        kebab = name.replace("_", "-")
+        switch = f"--no-{kebab}" if field.default is True else f"--{kebab}"
+        assert switch in actions[name].option_strings
+        assert actions[name].default == (None if field.is_required() else field.default)
+        assert actions[name].help == field.description
+
+
+def test_the_sweeps_training_section_and_the_cli_make_equal_settings(tmp_path: Path) -> None:
+    training = {"max_steps": 7, "epochs": 2.0, "micro_batch_size": 3, "grad_accum_steps": 2}
+    training |= {"max_seq_len": 96, "warmup_ratio": 0.1, "weight_decay": 0.01, "dropout": 0.0}
+    training |= {"zero_stage": 3, "precision": "fp32", "log_every_steps": 2}
+    training |= {"checkpoint_every_steps": 5, "checkpoint_every_minutes": 1.5}
+    training |= {"length_grouped": False}
+    assert set(training) == set(TrainingRecipe.model_fields)
+    (tmp_path / "model").mkdir()
+    sweep = {
+        "name": "t",
+        "seed": 4,
+        "models": {"m": {"source": "./model"}},
+        "sft_datasets": {"d": {"format": "tulu", "source": "bundled", "max_samples": 9}},
+        "grid": {"learning_rate": [2e-4], "label_smoothing": [0.1], "model": ["m"]}
+        | {"sft_dataset": ["d"]},
+        "training": {**training, "num_workers": 3},
+        "evaluation": {"benchmarks": {"global_mmlu": {"limit": 1}}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    planned = expand(load_config(tmp_path / "sweep.yaml")).jobs[0].settings
+
+    argv = ["--model", str(tmp_path / "model"), "--dataset", "tulu:bundled", "--lr", "2e-4"]
+    argv += ["--smoothing", "0.1", "--seed", "4", "--max-samples", "9", "--out", str(tmp_path)]
+    argv += ["--no-length-grouped"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in training.items() if k != "length_grouped"]
+    assert settings_from_args(build_parser().parse_args(argv)) == planned
+
+
+def test_a_value_out_of_range_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    argv = ["--model", str(tmp_path), "--dataset", "alpaca:bundled", "--lr", "0", "--out", "x"]
+    args = build_parser().parse_args([*argv, "--smoothing", "1", "--epochs", "0"])
+    with pytest.raises(ValueError) as info:
+        settings_from_args(args)
+    assert str(info.value) == (
+        "--epochs 0.0: Input should be greater than 0; "
+        "--learning-rate 0.0: Input should be greater than 0; "
+        "--label-smoothing 1.0: Input should be less than 1"
+    )
 
 
 def test_arguments_become_train_settings(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def test_batch_schedule_is_seeded_whole_and_length_grouped() -> None:
     schedule = batch_schedule(lengths, grouped, world_size=2)
 
     assert schedule == batch_schedule(lengths, grouped, world_size=2)  # same on every rank
-    reseeded = TrainSettings(**{**grouped.to_dict(), "seed": 1})
+    reseeded = TrainSettings(**{**grouped.model_dump(), "seed": 1})
     assert schedule != batch_schedule(lengths, reseeded, world_size=2)
     assert len(schedule) == 2 * (1000 // 16) and {len(step) for step in schedule} == {16}
     first_epoch = [i for step in schedule[: 1000 // 16] for i in step]
@@ -195,7 +195,7 @@ def fit(
     s = with_prepared_data(s, str(storage), say=lambda line: None)
     result = TorchTrainer(
         train_fn,
-        train_loop_config={**s.to_dict(), **(extra or {})},
+        train_loop_config={**s.model_dump(), **(extra or {})},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(
@@ -343,7 +343,7 @@ def test_zero3_export_is_consolidated_trained_and_agrees_with_zero2(
     uninterrupted, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     s, zero2_result, zero2_reports = uninterrupted
-    zero3 = TrainSettings(**{**s.to_dict(), "zero_stage": 3, "checkpoint_every_steps": 0})
+    zero3 = TrainSettings(**{**s.model_dump(), "zero_stage": 3, "checkpoint_every_steps": 0})
     result, reports = fit(zero3, tmp_path, "zero3")
 
     exported = parameters(exported_model(result).location)

@@ -69,7 +69,7 @@ def show_progress(queue: Queue, done: threading.Event) -> None:
 def run_name(settings: TrainSettings, workers: int) -> str:
     """Stable per configuration and worker count (ZeRO checkpoints are per rank), so the same
     command finds and resumes its own run."""
-    key = {**settings.to_dict(), "workers": workers}
+    key = {**settings.model_dump(), "workers": workers}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     return f"sft-{digest.hexdigest()[:12]}"
 
@@ -84,15 +84,15 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> str:
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=settings.to_dict(),
+        train_loop_config=settings.model_dump(),
         scaling_config=ScalingConfig(
-            num_workers=args.workers,
+            num_workers=args.num_workers,
             use_gpu=args.gpu,
             resources_per_worker={"CPU": args.cpus_per_worker},
         ),
         torch_config=TorchConfig(backend="nccl" if args.gpu else "gloo"),
         run_config=RunConfig(
-            name=run_name(settings, args.workers),
+            name=run_name(settings, args.num_workers),
             storage_path=storage,
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -25,7 +25,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -326,4 +326,4 @@ def with_prepared_data(
     s: TrainSettings, storage: str, *, say: Callable[[str], None] = print
 ) -> TrainSettings:
     """`s` pointing at its prepared data (prepared now if needed)."""
-    return replace(s, prepared_data=prepare(s, storage, say=say).location)
+    return s.model_copy(update={"prepared_data": prepare(s, storage, say=say).location})

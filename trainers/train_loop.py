@@ -28,7 +28,6 @@ import resource
 import socket
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +179,7 @@ def train_func(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     owns_process_group = _ensure_process_group()
     try:
-        s = replace(s, precision=_agreed_precision(s.precision))
+        s = s.model_copy(update={"precision": _agreed_precision(s.precision)})
         tokenizer = AutoTokenizer.from_pretrained(s.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         examples = PreparedExamples(s.prepared_data)
