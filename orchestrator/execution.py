@@ -126,6 +126,12 @@ def concurrent_trials(config: SweepConfig) -> int:
     return fit
 
 
+def tune_job(job: TrialJob) -> dict[str, str]:
+    """What a Tune trial's config holds of its job: the id to look the job up by, and the
+    run name for Tune's messages and directories."""
+    return {"id": job.id, "name": job.run_name}
+
+
 def tune_trial_name(trial: tune.experiment.Trial) -> str:
     """The trial's MLflow run name (`model|dataset|lr=..|ls=..`), for Tune's own messages."""
     return trial.config["job"]["name"]
@@ -176,9 +182,7 @@ def run_tune(
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={
-            "job": tune.grid_search([{"id": job.id, "name": job.run_name} for job in jobs])
-        },
+        param_space={"job": tune.grid_search([tune_job(job) for job in jobs])},
         run_config=tune.RunConfig(
             name=TUNE_EXPERIMENT,
             storage_path=config.storage_dir,
