@@ -8,10 +8,13 @@ the calsweep cache and every later load (training workers, scoring actors) reads
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE_PREFIX = "package:"
@@ -58,9 +61,11 @@ def package_gguf_path(source: str) -> Path:
 def resolve_model(source: str) -> str:
     """A path or hub id that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load.
 
-    Package GGUF sources are converted once (atomically, so concurrent callers are safe) into
-    `<cache>/models/<file stem>`; local directories are returned absolute; anything else is a
-    hub id, loaded by transformers from the hub or its offline cache.
+    Package GGUF sources are converted once into `<cache>/models/<file stem>`, under a lock:
+    the sweep driver resolves models in two threads at once, and transformers' lazy imports are
+    not thread-safe (a second thread importing it mid-import gets an ImportError), while other
+    processes would convert the same file again. Local directories are returned absolute;
+    anything else is a hub id, loaded by transformers from the hub or its offline cache.
     """
     kind = describe_source(source)
     if kind == "local":
@@ -70,8 +75,23 @@ def resolve_model(source: str) -> str:
     gguf = package_gguf_path(source)
     target = cache_root() / "models" / gguf.stem
     if not (target / "config.json").is_file():
-        _convert_gguf(gguf, target)
+        with _exclusive(target.parent / f".{target.name}.lock"):
+            if not (target / "config.json").is_file():  # not converted while we waited
+                _convert_gguf(gguf, target)
     return str(target)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `lock_path`: each `open` is its own lock holder, so it
+    excludes other threads of this process as well as other processes on this node."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -94,10 +114,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # lost a race only if the winner finished
-                raise
+        staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
