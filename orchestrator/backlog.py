@@ -60,11 +60,19 @@ class Backlog:
 
     def send(self, apply: Callable[[dict[str, Any]], None]) -> None:
         """Apply the pending writes in order; stops (raising) at the first that fails, keeping
-        it and the rest. Once all are sent, the directory is removed."""
-        while self.ops:
-            apply(self.ops[0])
-            self.ops.pop(0)
-            self._rewrite()
+        it and the rest. Once all are sent, the directory is removed. The file is rewritten
+        once per call, not per write: a process killed while sending leaves writes that were
+        sent in the file, and sending them again is harmless (see the module docstring)."""
+        sent = 0
+        try:
+            for entry in self.ops:
+                apply(entry)
+                sent += 1
+        finally:
+            if sent:
+                del self.ops[:sent]
+                if self.ops:
+                    self._rewrite()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _rewrite(self) -> None:

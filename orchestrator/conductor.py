@@ -15,7 +15,6 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ import polars as pl
 
 from calsweep.console import say
 from calsweep.models import resolve_model
-from evaluators.evaluate import SplitRequest, SplitResult
+from evaluators.evaluate import SplitResult
 from evaluators.pipeline import WorkItem, load_cached, score_items, source_digest, store_cached
 from orchestrator.config import SweepConfig
 from orchestrator.execution import (
@@ -33,7 +32,7 @@ from orchestrator.execution import (
     scoring_settings,
 )
 from orchestrator.ledger import Entry, Ledger, score_job_key
-from orchestrator.plan import Plan, base_key
+from orchestrator.plan import Phase, Plan, base_key
 from orchestrator.progress import SweepProgress, TrainingStep, TrialEnded, TrialStarted
 from orchestrator.results import long_table, mlflow_metrics, record_model
 from orchestrator.stats import select_lr
@@ -124,7 +123,7 @@ class Conductor:
         self.models: dict[str, ScoredModel] = {}
         self.results: dict[ResultKey, SplitResult] = {}
         self.waiting: dict[str, set[str]] = {}  # model key -> cache keys not scored yet
-        self.phase: dict[str, str] = {}  # model key -> "dev" | "test" being scored
+        self.phase: dict[str, Phase] = {}  # model key -> the phase being scored
         self.dev_done: set[str] = set()  # trial ids scored on the dev splits
         self.ended: set[str] = set()  # trial ids trained or failed
         self.selected: set[tuple[str, str, float]] = set()  # configurations with an lr chosen
@@ -179,7 +178,7 @@ class Conductor:
         for model in self.plan.base_models:
             key = base_key(model)
             path = resolve_model(self.config.models[model].source)
-            self._score(self._model(key, path, source_digest(path)), self.plan.splits)
+            self._score(self._model(key, path, source_digest(path)), "test")
         for job in self.plan.jobs:
             entry = self.ledger.entries[job.id]
             if entry.status in ("trained", "finished"):
@@ -258,7 +257,7 @@ class Conductor:
         self.progress.trained += 1
         assert entry.export is not None and entry.export_digest is not None
         model = self._model(job_id, entry.export, entry.export_digest)
-        self._score(model, self.plan.first_splits(job_id))
+        self._score(model, self.plan.first_phase(job_id))
 
     def _model(self, key: str, path: str, digest: str) -> ScoredModel:
         entry = self.ledger.entries[key]
@@ -269,11 +268,12 @@ class Conductor:
         self.models[key] = model
         return model
 
-    def _score(self, model: ScoredModel, splits: Iterable[SplitRequest]) -> None:
-        """Submit the model's score jobs; those already in the score cache count at once."""
-        self.phase[model.key] = "dev" if splits is self.plan.dev_splits else "test"
+    def _score(self, model: ScoredModel, phase: Phase) -> None:
+        """Submit the model's score jobs of one phase; those already in the score cache count
+        at once."""
+        self.phase[model.key] = phase
         todo, waiting = [], set()
-        for s in splits:
+        for s in self.plan.phase_splits(phase):
             item = WorkItem(model.key, model.path, model.digest, s)
             cache_key = item.cache_key(self.settings)
             cached = load_cached(self.cache_dir, cache_key)
@@ -351,7 +351,7 @@ class Conductor:
         for model in scored:
             if model.trial and model.trial.learning_rate == chosen_lr:
                 say(f"lr selection: {model.run_name} for {'|'.join(map(str, configuration))}")
-                self._score(model, self.plan.splits)
+                self._score(model, "test")
             else:
                 self._record(model, counted=False)
 

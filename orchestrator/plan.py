@@ -13,6 +13,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow.parquet as pq
 
@@ -31,6 +32,8 @@ PUBLISHED_SPLIT_SIZES = {
     ("mmlu_prox", "test"): 11829,
     ("mmlu_prox", "validation"): 70,
 }
+Phase = Literal["dev", "test"]  # a trial scored for lr selection, or for the results
+
 TOKENS_PER_QUESTION = {"global_mmlu": 120, "mmlu_prox": 330}
 
 
@@ -129,13 +132,16 @@ class Plan:
             return len(self.trials)
         return len({t.configuration for t in self.trials})
 
-    def first_splits(self, model_key: str) -> list[SplitRequest]:
+    def first_phase(self, model_key: str) -> Phase:
         """What a model is scored on as soon as it exists: a base model or (without lr
         selection) a trial on the test splits; with lr selection a trial on the dev splits,
         and on the test splits only once its lr is selected."""
         if self.dev_splits and not model_key.startswith("base:"):
-            return self.dev_splits
-        return self.splits
+            return "dev"
+        return "test"
+
+    def phase_splits(self, phase: Phase) -> list[SplitRequest]:
+        return self.dev_splits if phase == "dev" else self.splits
 
 
 def expand(config: SweepConfig) -> Plan:
