@@ -114,6 +114,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another node converted into a shared CALSWEEP_CACHE: flock is per node
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

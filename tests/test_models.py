@@ -42,7 +42,7 @@ def test_two_threads_resolving_the_packaged_model_of_a_fresh_cache(tmp_path: Pat
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in target.iterdir()
     }
-    # converted once: no staging directory was left beside the model
+    # nothing but the model and its lock is left: no staging directory of a second conversion
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         ".SmolLM2-135M-Instruct.Q4_1.lock",
         "SmolLM2-135M-Instruct.Q4_1",
