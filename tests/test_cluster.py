@@ -19,6 +19,7 @@ import pytest
 from conftest import BIN, free_port, start_server, write_mini_sweep
 from mlflow.tracking import MlflowClient
 
+from orchestrator.backlog import OPS_FILE
 from orchestrator.execution import TUNE_EXPERIMENT
 from orchestrator.sweep import main
 from trainers.train_loop import HISTORY_KEY
@@ -93,7 +94,9 @@ def kill_workers_and_tracking_after_a_checkpoint(
 ) -> None:
     """Once a training run has registered a mid-run checkpoint and none has finished, SIGKILL
     every Ray Train worker process (the worker groups of both trials fail mid-run) and the
-    MLflow server; start the server again 25 s later."""
+    MLflow server; start the server again once the driver has kept a write in its backlog (a
+    fixed outage can end before the restarted workers report anything, and then the test
+    would not exercise the outage)."""
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         runs = list((sweep_dir / "ray").glob("train-*"))
@@ -105,7 +108,10 @@ def kill_workers_and_tracking_after_a_checkpoint(
                     os.kill(process.pid, signal.SIGKILL)
                     killed.append(process.pid)
             server.kill()
-            time.sleep(25)
+            backlog = sweep_dir / "mlflow_backlog" / OPS_FILE
+            while not backlog.is_file() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(5)
             server.start()
             return
         time.sleep(0.2)
