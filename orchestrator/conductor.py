@@ -150,6 +150,10 @@ class Conductor:
     def start(self) -> None:
         self.thread.start()
 
+    def stopped(self) -> bool:
+        """The conductor thread ended on an error (Tune's loop asks, see WhenConductorStops)."""
+        return self.error is not None
+
     def finish(self) -> None:
         """After Tune returned: wait until every ready model is scored and recorded."""
         self.post(TrainingDone())

@@ -161,10 +161,16 @@ def prepare_sft_data(storage: str, jobs: list[TrialJob]) -> dict[str, str]:
 
 
 def run_tune(
-    config: SweepConfig, jobs: list[TrialJob], callback: tune.Callback, *, verbose: bool
+    config: SweepConfig,
+    jobs: list[TrialJob],
+    callback: tune.Callback,
+    stopper: tune.Stopper,
+    *,
+    verbose: bool,
 ) -> None:
     """Run exactly `jobs` as Tune trials (the plan's jobs that are not finished yet); each
-    Train run continues from its latest checkpoint if an earlier session left one."""
+    Train run continues from its latest checkpoint if an earlier session left one. `stopper`
+    ends all trials early (the sweep's: once its conductor has stopped)."""
     if not jobs:
         return
     prepared = prepare_sft_data(config.storage_dir, jobs)
@@ -187,6 +193,7 @@ def run_tune(
             name=TUNE_EXPERIMENT,
             storage_path=config.storage_dir,
             callbacks=[callback],
+            stop=stopper,
             verbose=1 if verbose else 0,
         ),
         tune_config=tune.TuneConfig(

@@ -1,8 +1,9 @@
 """What the sweep driver hears from Ray Tune, and the progress line it prints.
 
 `TuneEvents` runs in Tune's loop and only posts events (trial started, a training step, trial
-ended); the conductor thread, the sweep's one writer, handles them. `SweepProgress` counts
-trained and scored models and estimates the time left from this session's own pace.
+ended); the conductor thread, the sweep's one writer, handles them. `WhenConductorStops` ends
+the Tune run once that writer has stopped. `SweepProgress` counts trained and scored models and
+estimates the time left from this session's own pace.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from ray.tune.experiment import Trial
 
 from orchestrator.trial import TrialOutcome
@@ -80,6 +81,32 @@ class TuneEvents(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         self.post(TrialEnded(job_id(trial), None, _error_text(trial)))
+
+
+class WhenConductorStops(Stopper):
+    """Stops every trial once the conductor has stopped on an error: a trial that trained on
+    would be recorded nowhere (not in the ledger, not in MLflow), and at the study's scale that
+    is days of GPUs. The stopped trials stay `running` in the ledger; `--resume` continues them
+    from their checkpoints."""
+
+    def __init__(self, stopped: Callable[[], bool]) -> None:
+        self.stopped = stopped
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # pickled with the experiment state, like TuneEvents
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.stopped = _never
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopped()
+
+
+def _never() -> bool:
+    return False
 
 
 def _discard(event: object) -> None:

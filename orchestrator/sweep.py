@@ -174,7 +174,7 @@ def run_sweep(
     from orchestrator.execution import check_shared_storage, concurrent_trials, init_ray, run_tune
     from orchestrator.ledger import Entry, Ledger
     from orchestrator.plan import base_key
-    from orchestrator.progress import TuneEvents
+    from orchestrator.progress import TuneEvents, WhenConductorStops
     from orchestrator.results import record_plan, record_results, run_params
     from orchestrator.tracking import SweepTracker
 
@@ -199,7 +199,8 @@ def run_sweep(
             config, plan, ledger, tracker, concurrent_trials=concurrent_trials(config)
         )
         conductor.start()
-        run_tune(config, to_train, TuneEvents(conductor.post), verbose=verbose)
+        stopper = WhenConductorStops(conductor.stopped)
+        run_tune(config, to_train, TuneEvents(conductor.post), stopper, verbose=verbose)
         conductor.finish()
         models = list(conductor.models.values())
         summary = record_results(config, tracker, models, conductor.failed, conductor.results)
