@@ -22,7 +22,7 @@ from calsweep.schema import add_flags, from_args
 from evaluators.benchmarks import BENCHMARKS, BUNDLED, check_split, get_benchmark, resolve_source
 from evaluators.evaluate import SplitRequest
 from evaluators.metrics import MetricConfig
-from evaluators.settings import ScoringSettings
+from evaluators.settings import FewShot, ScoringSettings
 
 if TYPE_CHECKING:  # torch, Ray and matplotlib load only once the input is known to be good
     from evaluators.evaluate import SplitResult
@@ -68,9 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--limit", type=int, help="questions per split (seeded subsample)")
     parser.add_argument("--seed", type=int, default=0, help="subsampling / few-shot seed")
-    parser.add_argument(
-        "--num-fewshot", type=int, default=0, help="k-shot examples from the dev/validation split"
-    )
+    add_flags(parser, FewShot)
     add_flags(parser, ScoringSettings, [n for n in ScoringSettings.model_fields if n != "metrics"])
     add_flags(parser, MetricConfig)  # as a sweep file's evaluation.metrics
     parser.add_argument(
@@ -138,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries(args.verbose)
     try:
         settings = settings_from_args(args)
+        from_args(FewShot, args)  # a negative --num-fewshot is a one-line error
         requests = requests_for(args)
         check_requests(requests, needs_dev=args.temperature_scaling or args.num_fewshot > 0)
     except ValueError as err:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from calsweep.schema import PositiveInt, Strict
+from calsweep.schema import NonNegativeInt, PositiveInt, Strict
 from evaluators.metrics import MetricConfig
 
 Mode = Literal["perplexity", "loglik", "letter"]
@@ -26,3 +26,12 @@ class ScoringSettings(Strict):
         4096, description="packed tokens per forward pass (halved on out-of-memory)"
     )
     metrics: MetricConfig = MetricConfig()
+
+
+class FewShot(Strict):
+    """k-shot prompts: a sweep file's `evaluation.num_fewshot`, the scorer's `--num-fewshot`.
+    Not a scoring setting: it is part of each split's request (and so of its cache key)."""
+
+    num_fewshot: NonNegativeInt = Field(
+        0, description="k-shot examples from the dev/validation split"
+    )

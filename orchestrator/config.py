@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from calsweep.schema import NonNegativeInt, PositiveInt, Strict
+from calsweep.schema import PositiveInt, Strict
 from calsweep.storage import is_uri, join
 from evaluators.benchmarks import BENCHMARKS, BUNDLED
 from evaluators.metrics import HIGHER_IS_BETTER
-from evaluators.settings import ScoringSettings
+from evaluators.settings import FewShot, ScoringSettings
 from trainers.settings import (
     LabelSmoothing,
     LearningRate,
@@ -73,11 +73,10 @@ class BenchmarkEval(Strict):
     subjects: list[str] | None = Field(default=None, min_length=1)  # subjects / categories
 
 
-class EvaluationConfig(ScoringSettings):
-    """The scoring settings (evaluators.settings) and what the sweep scores with them."""
+class EvaluationConfig(FewShot, ScoringSettings):
+    """The scoring settings and k-shot count (evaluators.settings), and what the sweep scores."""
 
     benchmarks: dict[str, BenchmarkEval] = Field(min_length=1)
-    num_fewshot: NonNegativeInt = 0
     num_actors: PositiveInt = 1
     evaluate_base_models: bool = True
     # Select one lr per (model, dataset, smoothing) by this metric's mean on the dev/validation
