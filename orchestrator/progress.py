@@ -86,8 +86,8 @@ class TuneEvents(Callback):
 class WhenConductorStops(Stopper):
     """Stops every trial once the conductor has stopped on an error: a trial that trained on
     would be recorded nowhere (not in the ledger, not in MLflow), and at the study's scale that
-    is days of GPUs. The stopped trials stay `running` in the ledger; `--resume` continues them
-    from their checkpoints."""
+    is days of GPUs. The stopped trials stay `running` in the ledger; the next run of the sweep
+    continues them from their checkpoints."""
 
     def __init__(self, stopped: Callable[[], bool]) -> None:
         self.stopped = stopped
