@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -45,7 +46,5 @@ def test_trials_stop_once_the_conductor_has_stopped(tmp_path: Path, ray_cluster:
 
 
 def test_a_stopper_unpickled_elsewhere_never_stops() -> None:
-    import pickle
-
     stopper = pickle.loads(pickle.dumps(WhenConductorStops(lambda: True)))
     assert not stopper.stop_all() and not stopper("trial", {})
